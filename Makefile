@@ -1,0 +1,35 @@
+# butd — every target that runs code depends on .venv, which is built on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUTD := $(VENV)/bin/butd
+DEMO_DIR ?= demo_out
+PYTEST_ARGS ?=
+
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
+export RAY_USAGE_STATS_ENABLED = 0
+
+.PHONY: test bench lint demo clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+.venv: $(VENV)/.installed
+
+test: .venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: .venv
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: .venv
+	$(VENV)/bin/ruff check src tests bench
+
+demo: .venv
+	$(BUTD) demo --out $(DEMO_DIR)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
