@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: test bench lint demo clean
+.PHONY: test bench lint demo clean system-deps
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ lint: .venv
 
 demo: .venv
 	$(BUTD) demo --out $(DEMO_DIR)
+
+# Debian packages some tests use: chromium (report rendering) and a JRE (METEOR). Needs root.
+system-deps:
+	@command -v chromium >/dev/null && command -v java >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium default-jre-headless >/dev/null; }
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
