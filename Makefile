@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: test bench lint demo clean system-deps
+.PHONY: test bench lint demo clean system-deps extract train
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ lint: .venv
 
 demo: .venv
 	$(BUTD) demo --out $(DEMO_DIR)
+
+# make extract DATASET=coco ROOT=/data/coco EXTRACTOR=bua-r101 WEIGHTS=bua.safetensors [MODE=detect] [OUT=DIR]
+EXTRACTOR ?= effnetlite0
+OUT ?= features/$(DATASET)-$(EXTRACTOR)
+extract: .venv
+	@test -n "$(DATASET)" -a -n "$(ROOT)" || { echo "usage: make extract DATASET=coco|flickr8k|flickr30k|vg|vqa|folder|toy ROOT=DIR [EXTRACTOR=$(EXTRACTOR)] [WEIGHTS=F] [MODE=detect|grid|boxes] [OUT=DIR]"; exit 2; }
+	$(BUTD) extract --dataset $(DATASET) --root $(ROOT) --extractor $(EXTRACTOR) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(MODE),--mode $(MODE)) $(EXTRACT_ARGS)
 
 # Debian packages some tests use: chromium (report rendering) and a JRE (METEOR). Needs root.
 system-deps:

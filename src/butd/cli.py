@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -14,14 +15,39 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose heavy subcommands (torch, ray) are imported only when they are used."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, lazy={
+    "extract": "butd.extract.extract_cli:extract_cmd",
+    "download": "butd.shards.download_cli:download_cmd",
+    "train": "butd.cli_tasks:train_cmd",
+    "eval": "butd.cli_tasks:eval_cmd",
+    "caption": "butd.cli_tasks:caption_cmd",
+    "answer": "butd.cli_tasks:answer_cmd",
+    "report": "butd.cli_tasks:report_cmd",
+})
 @click.version_option(__version__, prog_name="butd")
 def main() -> None:
     """Bottom-up / top-down attention: extract features into verified shards, train and evaluate."""
 
 
 # -- shards ---------------------------------------------------------------------------------------
-@main.group()
+@main.group(cls=LazyGroup, lazy={"publish": "butd.shards.download_cli:publish_cmd"})
 def shards() -> None:
     """Inspect, verify, import and export feature stores."""
 
@@ -113,14 +139,9 @@ def shards_export(fmt: str, store: Path, out: Path) -> None:
     click.echo(f"wrote {out} and {out.with_suffix('.ids.json')}")
 
 
-def _register_shared_feature_commands() -> None:
-    from butd.shards.download_cli import download_cmd, publish_cmd
-
-    shards.add_command(publish_cmd)
-    main.add_command(download_cmd)
-
-
-_register_shared_feature_commands()
+@main.group(cls=LazyGroup, lazy={"convert": "butd.extract.weights:convert_cmd"})
+def weights() -> None:
+    """Model weights: convert published checkpoints to safetensors."""
 
 
 # -- toy world ------------------------------------------------------------------------------------
@@ -143,9 +164,13 @@ def toy_make(root: Path, n_images: int, seed: int) -> None:
 
 @main.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True)
-@click.option("--images", "n_images", type=int, default=120, show_default=True)
+@click.option("--images", "n_images", type=int, default=160, show_default=True)
 def demo(out: Path, n_images: int) -> None:
     """Run the main job end to end on the embedded toy data."""
     from butd.demo import run_demo
 
     run_demo(out, n_images=n_images)
+
+
+if __name__ == "__main__":
+    main()

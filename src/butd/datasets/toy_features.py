@@ -1,7 +1,11 @@
 """Oracle "region" feature store for the toy world: features made from ground truth, no CNN needed.
 
-Each object becomes one region whose feature is [one-hot colour, one-hot shape, box / image size, noise],
-zero-padded to ``dim``; 1-2 "background" regions (no colour, no shape, random box) are mixed in, and the
+Each object becomes one region whose feature is [one-hot colour, one-hot shape, box / image size, scene slot,
+noise], zero-padded to ``dim``, with N(0, noise^2) added to the informative part. The scene slot (number of
+objects * 0.25, the same in every region of an image) stands in for the context that real region features
+get from a CNN's large receptive field: without it the object count cannot be recovered from a softmax-
+attended average when the number of background regions varies (1 object + 1 background and 2 + 2 give the
+same attended mixture). 1-2 "background" regions (no colour, no shape, random box) are mixed in, and the
 region order is shuffled per image so position in the list carries no information.
 """
 
@@ -17,15 +21,26 @@ from butd.shards import ShardWriter, scalar
 __all__ = ["N_NOISE_DIMS", "oracle_feature_dim", "write_oracle_store"]
 
 N_NOISE_DIMS = 8  # pure-noise slots after the signal part
+COUNT_SCALE = 0.25  # scene-context slot = number of objects * COUNT_SCALE
 
 
 def oracle_feature_dim(n_colours: int, n_shapes: int) -> int:
-    """Width of the informative part: colours + shapes + 4 box coordinates + noise slots."""
-    return n_colours + n_shapes + 4 + N_NOISE_DIMS
+    """Width of the informative part: colours + shapes + 4 box coordinates + scene slot + noise slots."""
+    return n_colours + n_shapes + 4 + 1 + N_NOISE_DIMS
 
 
-def _region(colour: int | None, shape: int | None, box: np.ndarray, wh: tuple[int, int], n_colours: int,
-            n_shapes: int, dim: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+def _region(
+    colour: int | None,
+    shape: int | None,
+    box: np.ndarray,
+    wh: tuple[int, int],
+    n_objects: int,
+    n_colours: int,
+    n_shapes: int,
+    dim: int,
+    noise: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     width = oracle_feature_dim(n_colours, n_shapes)
     feat = np.zeros(dim, dtype=np.float32)
     if colour is not None:
@@ -33,7 +48,8 @@ def _region(colour: int | None, shape: int | None, box: np.ndarray, wh: tuple[in
     if shape is not None:
         feat[n_colours + shape] = 1.0
     w, h = wh
-    feat[n_colours + n_shapes: n_colours + n_shapes + 4] = box / np.array([w, h, w, h], dtype=np.float32)
+    feat[n_colours + n_shapes : n_colours + n_shapes + 4] = box / np.array([w, h, w, h], dtype=np.float32)
+    feat[n_colours + n_shapes + 4] = n_objects * COUNT_SCALE
     feat[:width] += noise * rng.standard_normal(width).astype(np.float32)
     return feat
 
@@ -44,8 +60,9 @@ def _background_box(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return np.array([x1, y1, x2, y2], dtype=np.float32)
 
 
-def write_oracle_store(toy_root: str | Path, store_path: str | Path, dim: int = 64, seed: int = 0,
-                       noise: float = 0.1) -> Path:
+def write_oracle_store(
+    toy_root: str | Path, store_path: str | Path, dim: int = 64, seed: int = 0, noise: float = 0.1
+) -> Path:
     """Write a region store for every image of ``toy_root/toy_world.json``; ids are ``str(image_id)``.
 
     Records: boxes float32 [k, 4] (pixels), features float32 [k, dim], num_boxes / image_w / image_h.
@@ -57,8 +74,11 @@ def write_oracle_store(toy_root: str | Path, store_path: str | Path, dim: int = 
     need = oracle_feature_dim(len(colours), len(shapes))
     if dim < need:
         raise ValueError(f"dim={dim} is too small: the oracle features need at least {need}")
-    extractor = {"name": "toy-oracle", "config": {"dim": dim, "seed": seed, "noise": noise,
-                                                  "colours": colours, "shapes": shapes}, "weights_sha256": None}
+    extractor = {
+        "name": "toy-oracle",
+        "config": {"dim": dim, "seed": seed, "noise": noise, "colours": colours, "shapes": shapes},
+        "weights_sha256": None,
+    }
     source = {"toy_root": str(toy_root), "toy_config": world.get("config", {})}
     with ShardWriter(store_path, "region", extractor=extractor, source=source) as writer:
         for image in world["images"]:
@@ -68,14 +88,53 @@ def write_oracle_store(toy_root: str | Path, store_path: str | Path, dim: int = 
             rows: list[tuple[np.ndarray, np.ndarray]] = []
             for obj in image["objects"]:
                 box = np.asarray(obj["box"], dtype=np.float32)
-                rows.append((box, _region(colours.index(obj["colour"]), shapes.index(obj["shape"]), box, (w, h),
-                                          len(colours), len(shapes), dim, noise, rng)))
+                rows.append(
+                    (
+                        box,
+                        _region(
+                            colours.index(obj["colour"]),
+                            shapes.index(obj["shape"]),
+                            box,
+                            (w, h),
+                            len(image["objects"]),
+                            len(colours),
+                            len(shapes),
+                            dim,
+                            noise,
+                            rng,
+                        ),
+                    )
+                )
             for _ in range(int(rng.integers(1, 3))):
                 box = _background_box(w, h, rng)
-                rows.append((box, _region(None, None, box, (w, h), len(colours), len(shapes), dim, noise, rng)))
+                rows.append(
+                    (
+                        box,
+                        _region(
+                            None,
+                            None,
+                            box,
+                            (w, h),
+                            len(image["objects"]),
+                            len(colours),
+                            len(shapes),
+                            dim,
+                            noise,
+                            rng,
+                        ),
+                    )
+                )
             order = rng.permutation(len(rows))
             boxes = np.stack([rows[i][0] for i in order]).astype(np.float32)
             feats = np.stack([rows[i][1] for i in order]).astype(np.float32)
-            writer.add(str(image_id), {"boxes": boxes, "features": feats, "num_boxes": scalar(len(rows)),
-                                       "image_w": scalar(w), "image_h": scalar(h)})
+            writer.add(
+                str(image_id),
+                {
+                    "boxes": boxes,
+                    "features": feats,
+                    "num_boxes": scalar(len(rows)),
+                    "image_w": scalar(w),
+                    "image_h": scalar(h),
+                },
+            )
     return store_path

@@ -48,7 +48,10 @@ def render_attention(img: Image.Image, weights: np.ndarray, *, boxes: np.ndarray
                      grid: tuple[int, int] | None = None, scale: float = 1.0) -> Image.Image:
     """Overlay attention on an image: a heat map for a grid, shaded boxes for regions."""
     w = np.asarray(weights, dtype=np.float64).ravel()
-    w = w / w.max() if w.size and w.max() > 0 else w
+    if w.size and w.max() > w.min():  # stretch to [0, 1]: soft attention is often nearly flat
+        w = (w - w.min()) / (w.max() - w.min())
+    elif w.size:
+        w = np.ones_like(w)
     base = np.asarray(img, dtype=np.float32)
     if grid is not None:
         gh, gw = grid
@@ -56,7 +59,7 @@ def render_attention(img: Image.Image, weights: np.ndarray, *, boxes: np.ndarray
             raise ValueError(f"{w.size} attention weights for a {gh}x{gw} grid")
         heat = Image.fromarray((w.reshape(gh, gw) * 255).astype(np.uint8)).resize(img.size, Image.BICUBIC)
         h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
-        out = base * (0.25 + 0.75 * h)  # dim what is not attended
+        out = base * (0.15 + 0.85 * h)  # dim what is not attended
         return Image.fromarray(out.clip(0, 255).astype(np.uint8))
     if boxes is None or len(boxes) != w.size:
         raise ValueError("region attention needs one box per weight")
@@ -64,7 +67,7 @@ def render_attention(img: Image.Image, weights: np.ndarray, *, boxes: np.ndarray
     for (x1, y1, x2, y2), a in zip(np.asarray(boxes, dtype=np.float64) * scale, w):
         ys, xs = slice(max(0, int(y1)), max(0, int(np.ceil(y2)))), slice(max(0, int(x1)), max(0, int(np.ceil(x2))))
         mask[ys, xs] = np.maximum(mask[ys, xs], a)
-    out = Image.fromarray((base * (0.25 + 0.75 * mask[..., None])).clip(0, 255).astype(np.uint8))
+    out = Image.fromarray((base * (0.15 + 0.85 * mask[..., None])).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     top = int(np.argmax(w))
     x1, y1, x2, y2 = (np.asarray(boxes[top], dtype=np.float64) * scale).tolist()
@@ -72,10 +75,10 @@ def render_attention(img: Image.Image, weights: np.ndarray, *, boxes: np.ndarray
     return out
 
 
-def _png_b64(img: Image.Image) -> str:
+def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _safe(name: str) -> str:
@@ -96,8 +99,10 @@ def write_report(items: list[ReportItem], out: str | Path, *, title: str = "butd
             figs.append((label, render_attention(thumb, weights, boxes=item.boxes, grid=item.grid, scale=scale)))
         parts = []
         for i, (label, fig) in enumerate(figs):
-            fig.save(png_dir / f"{_safe(item.image_id)}_{i:02d}_{_safe(label)}.png")
-            parts.append(f'<figure><img alt="{html.escape(label)}" src="data:image/png;base64,{_png_b64(fig)}">'
+            data = _png(fig)  # encoded once: written beside the page and embedded in it
+            (png_dir / f"{_safe(item.image_id)}_{i:02d}_{_safe(label)}.png").write_bytes(data)
+            b64 = base64.b64encode(data).decode("ascii")
+            parts.append(f'<figure><img alt="{html.escape(label)}" src="data:image/png;base64,{b64}">'
                          f"<figcaption>{html.escape(label)}</figcaption></figure>")
         text = "".join(f"<p><b>{html.escape(k)}</b> {html.escape(v)}</p>" for k, v in item.lines)
         cards.append(f'<section class="item" id="{html.escape(_safe(item.image_id))}">'

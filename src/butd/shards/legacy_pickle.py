@@ -11,6 +11,8 @@ import io
 import pickle
 from typing import Any
 
+import numpy as np
+
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -29,9 +31,13 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 class _Restricted(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise UnsafePickleError(f"refusing to load global {module}.{name} from a pickle")
+        if (module, name) not in _ALLOWED:
+            raise UnsafePickleError(f"refusing to load global {module}.{name} from a pickle")
+        if module.startswith("numpy") and module.endswith("multiarray"):
+            # numpy 2 moved numpy.core to numpy._core; resolve either spelling without the shim's warning
+            core = getattr(np, "_core", None) or np.core
+            return getattr(core.multiarray, name)
+        return super().find_class(module, name)
 
 
 def restricted_loads(data: bytes) -> Any:

@@ -1,0 +1,90 @@
+"""Extraction pipeline throughput: whole Ray extraction vs the bare model forward, and 2 vs 1 workers.
+
+Generates ~64 JPEGs, then measures effnetlite0 images/s for
+  bare      model forward on pre-decoded, preprocessed inputs (1 thread, this process)
+  pipeline  run_extraction with 1 worker (decode tasks + model actor + store writes), after actors are ready
+  scaling   run_extraction with 2 workers vs 1
+and prints the ratios (goals: pipeline/bare >= 0.9, 2 workers / 1 worker >= 1.8 on 2 free cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from butd.extract.images import load_image  # noqa: E402
+from butd.extract.registry import ExtractorConfig, build_extractor  # noqa: E402
+from butd.extract.runner import run_extraction  # noqa: E402
+from butd.extract.sources import iter_source  # noqa: E402
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> None:
+    """n smooth random RGB JPEGs of 320x240..400x300 (cheap to decode, like small photos)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = int(rng.integers(320, 401)), int(rng.integers(240, 301))
+        small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((w, h), Image.BILINEAR).save(root / f"img{i:04d}.jpg", quality=90)
+
+
+def bare_rate(root: Path, cfg: ExtractorConfig, batch_size: int) -> float:
+    """images/s of extractor.extract alone on pre-decoded inputs (one thread, after one warm-up batch)."""
+    torch.set_num_threads(1)
+    ex = build_extractor(cfg.name, cfg)
+    items = list(iter_source("folder", root))
+    prep = [ex.preprocess(load_image(it.path, min_side=cfg.image_size).array) for it in items]
+    ex.extract(prep[:batch_size])
+    t = time.perf_counter()
+    for b in range(0, len(prep), batch_size):
+        ex.extract(prep[b:b + batch_size])
+    return len(prep) / (time.perf_counter() - t)
+
+
+def pipeline_rate(root: Path, cfg: ExtractorConfig, out: Path, workers: int, batch_size: int) -> float:
+    s = run_extraction(iter_source("folder", root), cfg, out, workers=workers, threads=1, shard_size=16,
+                       batch_size=batch_size, progress=False)
+    assert s.written == s.total, s
+    return s.images_per_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2, help="repeats; medians are reported")
+    args = ap.parse_args()
+    cfg = ExtractorConfig(name="effnetlite0", image_size=args.image_size)
+    bares, ones, twos = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        root.mkdir()
+        make_images(root, args.images)
+        for r in range(args.rounds):  # interleaved, so load from elsewhere hits every side alike
+            bares.append(bare_rate(root, cfg, args.batch_size))
+            ones.append(pipeline_rate(root, cfg, Path(tmp) / f"w1-{r}", 1, args.batch_size))
+            twos.append(pipeline_rate(root, cfg, Path(tmp) / f"w2-{r}", 2, args.batch_size))
+    bare, one, two = (float(np.median(v)) for v in (bares, ones, twos))
+    runs = ", ".join(f"{b:.1f}/{o:.1f}/{t:.1f}" for b, o, t in zip(bares, ones, twos))
+    print(f"effnetlite0 @{args.image_size}px, {args.images} JPEGs, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"rounds (bare / 1 worker / 2 workers img/s): {runs}")
+    print(f"bare model forward      {bare:8.1f} img/s (1 thread, pre-decoded)")
+    print(f"pipeline, 1 worker      {one:8.1f} img/s   ratio vs bare {one / bare:5.2f}  (goal >= 0.9)")
+    print(f"pipeline, 2 workers     {two:8.1f} img/s   scaling 2/1   {two / one:5.2f}  (goal >= 1.8)")
+
+
+if __name__ == "__main__":
+    main()

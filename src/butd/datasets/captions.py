@@ -1,0 +1,176 @@
+"""Karpathy-split caption data (COCO, Flickr8k, Flickr30k) joined to a :class:`~butd.shards.FeatureStore`.
+
+The Karpathy JSON is ``{"dataset": .., "images": [{"split", "sentences": [{"tokens", "raw"}], "cocoid"?,
+"filename", ..}]}``. An image's store id is ``str(cocoid)`` when present (COCO), else the file name without
+extension (Flickr). The training split is ``train`` + ``restval`` by default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from butd.datasets.vocab import PAD, Vocab
+from butd.shards import FeatureStore
+
+__all__ = ["CaptionDataError", "CaptionDataset", "CaptionImage", "DataConfig",
+           "collate_captions", "load_karpathy", "split_images"]
+
+log = logging.getLogger(__name__)
+
+
+class CaptionDataError(ValueError):
+    """Unusable caption input (malformed JSON, empty split, images missing from the store)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Caption data options (YAML-overridable as the ``data`` section of a run config)."""
+
+    min_count: int = 5  # words with fewer training occurrences map to UNK
+    max_len: int = 16  # words kept per caption (BOS/EOS added on top)
+    max_boxes: int = 100  # regions kept per image (the store's first ones)
+    train_splits: tuple[str, ...] = ("train", "restval")
+
+
+@dataclass(frozen=True)
+class CaptionImage:
+    """One image of a Karpathy split: store id, split and its tokenised / raw references."""
+
+    image_id: str
+    split: str
+    tokens: tuple[tuple[str, ...], ...]
+    raw: tuple[str, ...]
+
+    @property
+    def refs(self) -> list[str]:
+        """References as space-joined token strings (what CIDEr-D / BLEU expect)."""
+        return [" ".join(t) for t in self.tokens]
+
+
+def _tokenize(raw: str) -> list[str]:
+    return re.sub(r"[^\w\s]", " ", raw.lower()).split()
+
+
+def load_karpathy(path: str | Path) -> list[CaptionImage]:
+    """Every image of a Karpathy-format JSON; raises :class:`CaptionDataError` (one line) when malformed."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CaptionDataError(f"{path}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise CaptionDataError(f"{path}: malformed JSON ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
+        raise CaptionDataError(f"{path}: not a Karpathy split file (no 'images' list)")
+    out: list[CaptionImage] = []
+    for n, im in enumerate(obj["images"]):
+        try:
+            if im.get("cocoid") is not None:
+                image_id = str(im["cocoid"])
+            else:
+                image_id = Path(im["filename"]).stem
+            sents = im["sentences"]
+            tokens = tuple(tuple(s["tokens"]) if s.get("tokens") is not None else tuple(_tokenize(s["raw"]))
+                           for s in sents)
+            raw = tuple(str(s.get("raw", " ".join(t))) for s, t in zip(sents, tokens, strict=True))
+            out.append(CaptionImage(image_id, str(im["split"]), tokens, raw))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CaptionDataError(f"{path}: image #{n} is malformed (missing or bad field {exc})") from None
+    return out
+
+
+def split_images(images: Sequence[CaptionImage], split: str,
+                 train_splits: Sequence[str] = ("train", "restval")) -> list[CaptionImage]:
+    """Images of ``split`` ("train" means all of ``train_splits``); an empty result is an error."""
+    wanted = set(train_splits) if split == "train" else {split}
+    out = [im for im in images if im.split in wanted and im.tokens]
+    if not out:
+        present = sorted({i.split for i in images})
+        raise CaptionDataError(f"split {split!r} is empty (splits present: {present})")
+    return out
+
+
+class CaptionDataset(Dataset):
+    """Items from a split joined to a feature store.
+
+    ``per_caption=True`` (XE training): one item per (image, reference caption) pair.
+    ``per_caption=False`` (evaluation / SCST): one item per image, its caption is the first reference.
+    Images absent from the store raise :class:`CaptionDataError` with their count unless ``skip_missing``.
+    """
+
+    def __init__(self, images: Sequence[CaptionImage], store: FeatureStore, vocab: Vocab, config: DataConfig,
+                 *, per_caption: bool = True, skip_missing: bool = False) -> None:
+        missing = [im.image_id for im in images if im.image_id not in store]
+        if missing:
+            msg = (f"{len(missing)} of {len(images)} images are missing from the feature store {store.path} "
+                   f"(e.g. {missing[0]!r})")
+            if not skip_missing:
+                raise CaptionDataError(msg + "; pass skip_missing / --skip-missing to drop them")
+            log.warning("%s; skipped", msg)
+            gone = set(missing)
+            images = [im for im in images if im.image_id not in gone]
+        if not images:
+            raise CaptionDataError("no images left to use (all missing from the feature store)")
+        if store.kind not in ("region", "grid"):
+            raise CaptionDataError(f"feature store kind {store.kind!r} is not 'region' or 'grid'")
+        self.images = list(images)
+        self.store, self.vocab, self.config = store, vocab, config
+        self.items: list[tuple[int, int]] = (
+            [(i, j) for i, im in enumerate(self.images) for j in range(len(im.tokens))] if per_caption
+            else [(i, 0) for i in range(len(self.images))])
+
+    @property
+    def feature_dim(self) -> int:
+        return self.store.feature_dim
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def features(self, image_id: str) -> np.ndarray:
+        """Region (first ``max_boxes``) or grid features of one image, float32 [K, D]."""
+        rec = self.store[image_id]
+        feats = rec["features"]
+        if self.store.kind == "region":
+            feats = feats[: self.config.max_boxes]
+        return np.array(feats, dtype=np.float32)  # a writable copy
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        i, j = self.items[idx]
+        im = self.images[i]
+        caption = self.vocab.encode(im.tokens[j], self.config.max_len)
+        return {"feats": torch.from_numpy(self.features(im.image_id)),
+                "caption": torch.tensor(caption, dtype=torch.long),
+                "refs": im.refs, "image_id": im.image_id}
+
+
+def collate_captions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pad features to the largest K in the batch (mask False on padding) and captions with PAD.
+
+    Returns ``{"feats": float32 [B, K, D], "mask": bool [B, K] (True = real region), "captions": long [B, L]
+    (BOS w_1 .. w_n EOS, then PAD=0), "refs": B lists of reference strings, "image_ids": B store ids}``.
+    """
+    b = len(items)
+    k = max(int(it["feats"].shape[0]) for it in items)
+    d = int(items[0]["feats"].shape[1])
+    length = max(int(it["caption"].numel()) for it in items)
+    feats = torch.zeros(b, k, d)
+    mask = torch.zeros(b, k, dtype=torch.bool)
+    caps = torch.full((b, length), PAD, dtype=torch.long)
+    for n, it in enumerate(items):
+        kn, ln = int(it["feats"].shape[0]), int(it["caption"].numel())
+        feats[n, :kn] = it["feats"]
+        mask[n, :kn] = True
+        caps[n, :ln] = it["caption"]
+    refs = [list(it["refs"]) for it in items]
+    return {"feats": feats, "mask": mask, "captions": caps, "refs": refs,
+            "image_ids": [it["image_id"] for it in items]}

@@ -1,0 +1,316 @@
+"""The bottom-up-attention Visual Genome detector (Faster R-CNN R101-C4 + attributes), torch only.
+
+``BUTDDetector`` is the graph (state_dict keys = detectron2 checkpoint keys); ``BUTDExtractor`` is
+the adapter the extraction runner uses (registered as "bua-r101").
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_pool
+
+from butd.extract.bua_heads import (
+    LAYOUTS,
+    RPN,
+    BoxPredictor,
+    apply_deltas,
+    clip_boxes,
+    per_class_max_conf,
+    select_boxes,
+)
+from butd.extract.resnet_c4 import ResNetC4, make_res5
+
+# Caffe cfg.PIXEL_MEANS (BGR) = py-bottom-up-attention / bua-caffe MODEL.PIXEL_MEAN
+PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
+TEST_SCALE = 600  # TEST.SCALES = (600,)
+TEST_MAX_SIZE = 1000
+POOLER_RESOLUTION = 14  # roi_pool5 pooled_w/h, spatial_scale 1/16
+FEATURE_STRIDE = 16
+CLASS_NMS = 0.3  # TEST.NMS used by generate_tsv.py
+RANDOM_WARNING = "random weights: features are meaningless, for tests only"
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """RGB uint8 [H, W, 3] -> mean-subtracted BGR float32 [3, h, w] resized as Caffe's _get_blobs."""
+
+    scale: int = TEST_SCALE
+    max_size: int = TEST_MAX_SIZE
+
+    def __call__(self, image: np.ndarray) -> dict[str, Any]:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+        h, w = image.shape[:2]
+        im_scale = self.scale / min(h, w)
+        if round(im_scale * max(h, w)) > self.max_size:
+            im_scale = self.max_size / max(h, w)
+        nh, nw = int(round(h * im_scale)), int(round(w * im_scale))
+        x = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).float()
+        x = (x - torch.tensor(PIXEL_MEANS_BGR)).permute(2, 0, 1)[None]
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        return {"image": x[0].contiguous().numpy(), "scale": float(im_scale), "orig_hw": (int(h), int(w))}
+
+
+class ROIHeads(nn.Module):
+    """RoI pooling at stride 16 (14x14) -> res5 -> mean pool -> box / attribute predictor."""
+
+    def __init__(self, layout):
+        super().__init__()
+        self.res5 = make_res5()
+        self.box_predictor = BoxPredictor(layout)
+
+    def pooled_features(self, feats: torch.Tensor, boxes: list[torch.Tensor], chunk: int = 512) -> torch.Tensor:
+        """boxes[i]: (k_i, 4) in resized pixels for image i of ``feats`` -> (sum k_i, 2048); RoIs go
+        through res5 ``chunk`` at a time to bound memory."""
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+        rois = rois.float()  # fp32 coordinates even under fp16 autocast (half would round boxes)
+        if rois.shape[0] == 0:
+            return feats.new_zeros((0, 2048))
+        feats = feats.float()
+        out = [self.res5(roi_pool(feats, r, POOLER_RESOLUTION, 1.0 / FEATURE_STRIDE)).mean(dim=(2, 3))
+               for r in rois.split(chunk)]
+        return torch.cat(out)
+
+
+class BUTDDetector(nn.Module):
+    """Faster R-CNN ResNet-101 C4 with the Visual Genome class and attribute heads."""
+
+    def __init__(self, layout: str = "d2", rpn: dict | None = None):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+        self.layout = LAYOUTS[layout]
+        self.backbone = ResNetC4()
+        self.proposal_generator = RPN(self.layout, rpn)
+        self.roi_heads = ROIHeads(self.layout)
+        self.eval()
+
+    # -- graph pieces -------------------------------------------------------------------------
+    def backbone_groups(self, images: list[torch.Tensor], batched: bool = True):
+        """Run the backbone once per group of same-size images (one group per image when
+        ``batched`` is False); returns [(image indices, (n, 1024, h/16, w/16) features)]."""
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape) if batched else (i,), []).append(i)
+        return [(idx, self.backbone(torch.stack([images[i] for i in idx]))) for idx in groups.values()]
+
+    def heads(self, feats: torch.Tensor, boxes: list[torch.Tensor]):
+        """RoI pool (boxes in resized pixels, one tensor per image of ``feats``) -> res5 -> predictor."""
+        pooled = self.roi_heads.pooled_features(feats, boxes)
+        logits, deltas, attr = self.roi_heads.box_predictor(pooled)
+        return pooled, logits, deltas, attr
+
+    # -- inference ------------------------------------------------------------------------------
+    def run(self, images: list[torch.Tensor], scales: list[float], orig_hw: list[tuple[int, int]],
+            given: list[torch.Tensor | None] | None = None, *, min_boxes: int = 10, max_boxes: int = 100,
+            conf_thresh: float = 0.2, box_source: str = "proposals", batched: bool = True):
+        """images: mean-subtracted BGR [3, h, w] on the model's device; ``given[i]``: boxes in
+        original pixels for image i (features for exactly those), else detect. One record per image."""
+        if box_source not in ("proposals", "regressed"):
+            raise ValueError(f"box_source must be 'proposals' or 'regressed', got {box_source!r}")
+        given = list(given) if given is not None else [None] * len(images)
+        out: list[dict | None] = [None] * len(images)
+        for idx, feats in self.backbone_groups(images, batched):
+            sizes = [tuple(images[i].shape[-2:]) for i in idx]
+            todo = [j for j, i in enumerate(idx) if given[i] is None]
+            props: list[torch.Tensor | None] = [None] * len(idx)
+            if todo:
+                found = self.proposal_generator(feats[todo].float(), [sizes[j] for j in todo],
+                                                [scales[idx[j]] for j in todo])
+                for j, p in zip(todo, found):
+                    props[j] = p
+            for j, i in enumerate(idx):
+                if given[i] is not None:
+                    g = torch.as_tensor(given[i], dtype=torch.float32, device=feats.device).reshape(-1, 4)
+                    given[i], props[j] = g, g * scales[i]
+            pooled, logits, deltas, attr = self.heads(feats, props)
+            counts = [len(p) for p in props]
+            parts = zip(pooled.split(counts), logits.split(counts), deltas.split(counts), attr.split(counts))
+            for j, (i, (pl, lg, dl, at)) in enumerate(zip(idx, parts)):
+                if given[i] is not None:
+                    out[i] = self._given(given[i], pl, lg, at, orig_hw[i])
+                else:
+                    out[i] = self._select(pl, lg, dl, at, props[j], scales[i], orig_hw[i], sizes[j],
+                                          min_boxes, max_boxes, conf_thresh, box_source)
+        return out
+
+    def forward_boxes(self, image: torch.Tensor, boxes, scale: float = 1.0,
+                      orig_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Features for boxes given in original-image pixels (one per box); ``image`` preprocessed."""
+        if orig_hw is None:
+            orig_hw = tuple(int(round(v / scale)) for v in image.shape[-2:])
+        return self.run([image], [scale], [orig_hw], [boxes])[0]
+
+    def _given(self, boxes, pooled, logits, attr, orig_hw):
+        probs, attr_probs = self.roi_heads.box_predictor.probabilities(logits, attr)
+        obj_conf, obj_id = probs.max(dim=1)
+        attr_conf, attr_id = attr_probs.max(dim=1)
+        return _record(boxes, pooled, orig_hw, obj_id, obj_conf, attr_id, attr_conf)
+
+    def _select(self, pooled, logits, deltas, attr, props, scale, orig_hw, img_hw,
+                min_boxes, max_boxes, conf_thresh, box_source):
+        """generate_tsv.py box selection over one image's proposals."""
+        bp = self.roi_heads.box_predictor
+        probs, attr_probs = bp.probabilities(logits, attr)
+        off = self.layout.pixel_offset
+        boxes_orig = props.float() / scale
+        max_conf = per_class_max_conf(boxes_orig, probs, CLASS_NMS, off)
+        keep = select_boxes(max_conf, conf_thresh, min_boxes, max_boxes)
+        obj_conf, obj_id = probs[keep].max(dim=1)
+        attr_conf, attr_id = attr_probs[keep].max(dim=1)
+        if box_source == "regressed":
+            d = bp.class_deltas(deltas[keep].float()).view(len(keep), -1, 4)
+            d = d[torch.arange(len(keep), device=d.device), obj_id]
+            wts = self.layout.roi_box_weights
+            if off:  # Caffe im_detect decodes in original pixels
+                boxes = clip_boxes(apply_deltas(d, boxes_orig[keep], wts, off), *orig_hw, off)
+            else:  # detectron2 decodes in the resized image, then rescales
+                boxes = clip_boxes(apply_deltas(d, props[keep].float(), wts), *img_hw) / scale
+        else:  # clipped: rounding of the resized size can overshoot the original by < 1/scale
+            boxes = clip_boxes(boxes_orig[keep], orig_hw[0], orig_hw[1], off)
+        return _record(boxes, pooled[keep], orig_hw, obj_id, obj_conf, attr_id, attr_conf)
+
+
+def _record(boxes, feats, orig_hw, obj_id, obj_conf, attr_id, attr_conf) -> dict[str, np.ndarray]:
+    def f32(t):
+        return t.detach().float().cpu().numpy().astype(np.float32)
+
+    def i64(t):
+        return t.detach().cpu().numpy().astype(np.int64)
+
+    k = int(boxes.shape[0])
+    return {
+        "boxes": f32(boxes).reshape(k, 4),
+        "features": f32(feats).reshape(k, feats.shape[-1]),
+        "num_boxes": np.asarray(k, dtype=np.int32).reshape(()),
+        "image_w": np.asarray(orig_hw[1], dtype=np.int32).reshape(()),
+        "image_h": np.asarray(orig_hw[0], dtype=np.int32).reshape(()),
+        "objects_id": i64(obj_id),
+        "objects_conf": f32(obj_conf),
+        "attrs_id": i64(attr_id),
+        "attrs_conf": f32(attr_conf),
+    }
+
+
+def random_detector(layout: str = "d2", seed: int = 0, rpn: dict | None = None) -> BUTDDetector:
+    """A detector with deterministic random weights and BN statistics (for tests / benchmarks)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = BUTDDetector(layout, rpn)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("norm.running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.75)
+            elif name.endswith(("norm.running_mean", "norm.bias")) or name.endswith(".bias"):
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.02)
+            elif name.endswith("norm.weight"):
+                t.copy_(torch.rand(t.shape, generator=gen) * 0.4 + 0.6)
+            elif name.startswith(("proposal_generator.rpn_head.objectness", "proposal_generator.rpn_head.anchor",
+                                  "roi_heads.box_predictor.bbox_pred")):
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.01)  # small deltas: sensible boxes
+            else:  # conv / linear / embedding weights: fan-in scaled
+                fan_in = int(np.prod(t.shape[1:])) if t.ndim > 1 else 1
+                t.copy_(torch.randn(t.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
+    return model
+
+
+class BUTDExtractor:
+    """Runner adapter: preprocess on CPU workers, ``extract`` batches on the model device."""
+
+    name = "bua-r101"
+    kind = "region"
+
+    def __init__(self, weights: str | Path | None = None, *, device: str | torch.device = "cpu",
+                 min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2,
+                 box_source: str = "proposals", fp16: bool = False, seed: int = 0,
+                 rpn: dict | None = None, test_scale: int = TEST_SCALE, test_max_size: int = TEST_MAX_SIZE):
+        """``rpn`` / ``test_scale`` / ``test_max_size`` override the published test settings
+        (tests and benchmarks only); ``seed`` seeds random weights. ``fp16`` runs the convolutions
+        under CUDA float16 autocast (ignored on CPU); outputs are float32 either way."""
+        from butd.extract.weights import load_detector
+
+        if not 1 <= min_boxes <= max_boxes:
+            raise ValueError("need 1 <= min_boxes <= max_boxes")
+        if box_source not in ("proposals", "regressed"):
+            raise ValueError(f"box_source must be 'proposals' or 'regressed', got {box_source!r}")
+        if weights is None or str(weights) == "random":
+            warnings.warn(RANDOM_WARNING, UserWarning, stacklevel=2)
+            self.model, self.weights_sha256, self.weights_path = random_detector("d2", seed, rpn), None, None
+        else:
+            self.model, self.weights_sha256 = load_detector(weights, rpn)
+            self.weights_path = str(weights)
+        self.min_boxes, self.max_boxes, self.conf_thresh = int(min_boxes), int(max_boxes), float(conf_thresh)
+        self.box_source, self.fp16 = box_source, bool(fp16)
+        self._pre = Preprocessor(int(test_scale), int(test_max_size))
+        self.device = torch.device("cpu")
+        self.to(device)
+
+    def config_dict(self) -> dict[str, Any]:
+        rpn = self.model.proposal_generator.cfg
+        return {
+            "name": self.name, "layout": self.model.layout.name, "weights": self.weights_path,
+            "min_boxes": self.min_boxes, "max_boxes": self.max_boxes, "conf_thresh": self.conf_thresh,
+            "box_source": self.box_source, "fp16": self.fp16, "pixel_means_bgr": list(PIXEL_MEANS_BGR),
+            "test_scale": self._pre.scale, "test_max_size": self._pre.max_size,
+            "pooler_resolution": POOLER_RESOLUTION,
+            "class_nms": CLASS_NMS, "rpn": {k: (list(v) if isinstance(v, tuple) else v) for k, v in rpn.items()},
+        }
+
+    def preprocessor(self) -> Preprocessor:
+        return self._pre
+
+    def preprocess(self, image_rgb_uint8: np.ndarray) -> dict[str, Any]:
+        return self._pre(image_rgb_uint8)
+
+    def to(self, device: str | torch.device) -> BUTDExtractor:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _autocast(self):
+        use = self.fp16 and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use)
+
+    def extract(self, batch: list[dict], boxes: list[np.ndarray | None] | None = None,
+                *, batched: bool = True) -> list[dict[str, np.ndarray]]:
+        if boxes is not None and len(boxes) != len(batch):
+            raise ValueError(f"got {len(boxes)} box arrays for {len(batch)} images")
+        # arrays that crossed Ray are read-only: copy into a tensor we own (torch warns on read-only memory)
+        images = [torch.from_numpy(np.array(b["image"], dtype=np.float32)).to(self.device) for b in batch]
+        scales = [float(b["scale"]) for b in batch]
+        hws = [tuple(int(v) for v in b["orig_hw"]) for b in batch]
+        given = None
+        if boxes is not None:
+            given = [None if bx is None else torch.as_tensor(np.asarray(bx, dtype=np.float32)) for bx in boxes]
+        with torch.inference_mode(), self._autocast():
+            return self.model.run(images, scales, hws, given, min_boxes=self.min_boxes,
+                                  max_boxes=self.max_boxes, conf_thresh=self.conf_thresh,
+                                  box_source=self.box_source, batched=batched)
+
+
+def build(cfg) -> BUTDExtractor:
+    """Registry builder: ``ExtractorConfig`` -> ``BUTDExtractor``."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    extra = dict(cfg.extra or {})
+    return BUTDExtractor(cfg.weights, device=device, min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes,
+                         conf_thresh=cfg.conf_thresh, box_source=extra.get("box_source", "proposals"),
+                         fp16=cfg.fp16)
+
+
+try:  # register with the extractor registry when it is importable
+    from butd.extract.registry import register as _register
+
+    _register("bua-r101")(build)
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,179 @@
+"""Dataset adapters: yield :class:`SourceItem` (image id, path, given boxes | None) from public layouts.
+
+  coco       Karpathy ``dataset_coco.json`` (root/ or root/annotations/ or root/karpathy/); images at
+             root/<filepath>/<filename>; id = cocoid
+  flickr8k   ``dataset_flickr8k.json``; images in root/Flicker8k_Dataset, root/Flickr8k_Dataset, root/images
+             or root/; id = file name stem
+  flickr30k  ``dataset_flickr30k.json``; images in root/flickr30k-images, root/images or root/; id = stem
+  vg         image_data.json (root/ or root/vg/); images in root/VG_100K*/ (or root/images/);
+             id = image_id; boxes from objects.json (x, y, w, h -> x1y1x2y2)
+  vqa        COCO images named by the VQA question files (``*questions*.json`` in root/, root/vqa/,
+             root/Questions/); images in root/<subtype>/COCO_<subtype>_<id:012d>.jpg; id = COCO image id
+  folder     every image file under root (recursive); id = relative path without extension, posix slashes
+  toy        root/toy_world.json; id = image id; boxes = ground-truth objects
+Given boxes can be replaced by a user JSON ``{image_id: [[x1, y1, x2, y2], ...]}`` (``load_boxes``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "SourceItem", "iter_source", "load_boxes", "with_boxes"]
+
+DATASETS = ("coco", "flickr8k", "flickr30k", "vg", "vqa", "folder", "toy")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image to extract: ``boxes`` is float32 [k, 4] x1y1x2y2 in original pixels, or None."""
+
+    image_id: str
+    path: str
+    boxes: np.ndarray | None = None
+
+
+def _find(root: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"{what}: none of {', '.join(str(root / n) for n in names)} exists")
+
+
+def _first_dir(root: Path, names: list[str]) -> Path:
+    for name in names:
+        if name and (root / name).is_dir():
+            return root / name
+    return root
+
+
+def _read_json(path: Path) -> object:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _karpathy(root: Path, dataset: str) -> list[dict]:
+    fname = f"dataset_{dataset}.json"
+    path = _find(root, [fname, f"annotations/{fname}", f"karpathy/{fname}", f"data/{fname}"],
+                 f"Karpathy split for {dataset}")
+    data = _read_json(path)
+    return data["images"] if isinstance(data, dict) else data
+
+
+def _coco(root: Path) -> Iterator[SourceItem]:
+    for img in _karpathy(root, "coco"):
+        sub = img.get("filepath", "")
+        yield SourceItem(str(img["cocoid"]), str(root / sub / img["filename"]))
+
+
+def _flickr(root: Path, dataset: str) -> Iterator[SourceItem]:
+    dirs = (["Flicker8k_Dataset", "Flickr8k_Dataset", "Flickr8k_Dataset/Flicker8k_Dataset", "images"]
+            if dataset == "flickr8k" else ["flickr30k-images", "flickr30k_images", "images"])
+    img_dir = _first_dir(root, dirs)
+    for img in _karpathy(root, dataset):
+        yield SourceItem(Path(img["filename"]).stem, str(img_dir / img["filename"]))
+
+
+def _boxes_xywh(objects: list[dict]) -> np.ndarray:
+    rows = [[o["x"], o["y"], o["x"] + o["w"], o["y"] + o["h"]] for o in objects if o.get("w", 0) > 0
+            and o.get("h", 0) > 0]
+    return np.asarray(rows, np.float32).reshape(-1, 4)
+
+
+def _vg(root: Path, with_given: bool) -> Iterator[SourceItem]:
+    base = _first_dir(root, ["vg", ""])
+    meta = _read_json(_find(base, ["image_data.json"], "Visual Genome image_data.json"))
+    dirs = sorted({*root.glob("VG_100K*"), *base.glob("VG_100K*")})
+    dirs = dirs or [_first_dir(root, ["images", "vg/images"])]
+    boxes: dict[int, np.ndarray] = {}
+    if with_given:
+        objs_file = base / "objects.json"
+        if objs_file.is_file():
+            boxes = {int(e["image_id"]): _boxes_xywh(e.get("objects", [])) for e in _read_json(objs_file)}
+    for img in meta:
+        iid = int(img.get("image_id", img.get("id", -1)))
+        name = f"{iid}.jpg"
+        path = next((d / name for d in dirs if (d / name).is_file()), dirs[0] / name)
+        yield SourceItem(str(iid), str(path), boxes.get(iid))
+
+
+def _vqa(root: Path) -> Iterator[SourceItem]:
+    files = sorted({p for d in ("", "vqa", "Questions", "questions") if (root / d).is_dir()
+                    for p in (root / d).glob("*questions*.json")})
+    if not files:
+        raise FileNotFoundError(f"no VQA question files (*questions*.json) under {root}, {root}/vqa")
+    seen: set[str] = set()
+    for qf in files:
+        data = _read_json(qf)
+        subtype = data.get("data_subtype") or next(
+            (s for s in ("train2014", "val2014", "test-dev2015", "test2015") if s in qf.name), "")
+        folder = "test2015" if subtype.startswith("test") else subtype
+        img_dir = _first_dir(root, [folder, f"images/{folder}", f"coco/{folder}"])
+        for q in data["questions"]:
+            iid = str(int(q["image_id"]))
+            if iid not in seen:
+                seen.add(iid)
+                yield SourceItem(iid, str(img_dir / f"COCO_{folder}_{int(iid):012d}.jpg"))
+
+
+def _folder(root: Path) -> Iterator[SourceItem]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            yield SourceItem(p.relative_to(root).with_suffix("").as_posix(), str(p))
+
+
+def _toy(root: Path) -> Iterator[SourceItem]:
+    world = _read_json(_find(root, ["toy_world.json"], "toy world"))
+    for img in world["images"]:
+        bx = np.asarray([o["box"] for o in img["objects"]], np.float32).reshape(-1, 4)
+        yield SourceItem(str(img["image_id"]), str(root / img["file_path"]), bx)
+
+
+def iter_source(dataset: str, root: str | Path, *, mode: str = "grid") -> Iterator[SourceItem]:
+    """Items of ``dataset`` under ``root``; given boxes (vg, toy) are attached only in mode "boxes"."""
+    root = Path(root)
+    boxes_mode = mode == "boxes"
+    if dataset == "coco":
+        items = _coco(root)
+    elif dataset in ("flickr8k", "flickr30k"):
+        items = _flickr(root, dataset)
+    elif dataset == "vg":
+        items = _vg(root, boxes_mode)
+    elif dataset == "vqa":
+        items = _vqa(root)
+    elif dataset == "folder":
+        items = _folder(root)
+    elif dataset == "toy":
+        items = _toy(root)
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    for item in items:
+        yield item if boxes_mode or item.boxes is None else SourceItem(item.image_id, item.path)
+
+
+def load_boxes(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``{image_id: [[x1, y1, x2, y2], ...]}`` -> {id: float32 [k, 4]}; rejects malformed boxes."""
+    data = _read_json(Path(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping image ids to box lists")
+    out: dict[str, np.ndarray] = {}
+    for key, rows in data.items():
+        arr = np.asarray(rows, np.float32).reshape(-1, 4) if rows else np.zeros((0, 4), np.float32)
+        bad = len(arr) and (not np.isfinite(arr).all() or (arr[:, 2:] < arr[:, :2]).any())
+        if bad:
+            raise ValueError(f"{path}: image {key!r} has boxes that are not finite x1<=x2, y1<=y2")
+        out[str(key)] = arr
+    return out
+
+
+def with_boxes(items: Iterator[SourceItem], boxes: dict[str, np.ndarray]) -> Iterator[SourceItem]:
+    """Replace each item's given boxes with the user's (items without an entry get None)."""
+    for item in items:
+        yield SourceItem(item.image_id, item.path, boxes.get(item.image_id))

@@ -1,0 +1,220 @@
+"""Caption trainer: cross-entropy (teacher forcing), then optional SCST with a CIDEr-D reward.
+
+A run directory holds config.yaml, run.json (paths, sizes, phase summaries), vocab.json, xe/ and scst/
+(each with metrics.jsonl and checkpoints/{last,best}.pt from ``butd.train.loop.fit``) and model.pt, the
+final weights (the best validation CIDEr-D checkpoint of the last phase that ran).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from butd.datasets.captions import (
+    CaptionDataError,
+    CaptionDataset,
+    CaptionImage,
+    DataConfig,
+    collate_captions,
+    load_karpathy,
+    split_images,
+)
+from butd.datasets.vocab import Vocab
+from butd.evaluate.cider import CiderD
+from butd.models.decoding import DecodeConfig, decode
+from butd.models.registry import CaptionModel, build_caption_model
+from butd.shards import FeatureStore
+from butd.train.checkpoint import load_checkpoint, save_checkpoint
+from butd.train.loop import LoopConfig, LoopState, apply_overrides, fit
+from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
+
+__all__ = ["CaptionPaths", "CaptionTrainConfig", "cider_of", "generate_captions", "load_caption_config",
+           "load_caption_run", "train_caption"]
+
+
+@dataclass(frozen=True)
+class CaptionTrainConfig:
+    """Everything a caption run needs besides file paths; YAML files override it key by key."""
+
+    model_name: str = "updown"  # a key of butd.models.registry.CAPTION_MODELS
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of that model's config dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    xe: LoopConfig = field(default_factory=lambda: LoopConfig(
+        epochs=30, batch_size=100, lr=5e-4, grad_clip=0.1, monitor="CIDEr-D", log_every=100))
+    scst: LoopConfig = field(default_factory=lambda: LoopConfig(
+        epochs=0, batch_size=50, lr=5e-5, grad_clip=0.1, monitor="CIDEr-D", log_every=100))
+    scst_objective: ScstConfig = field(default_factory=ScstConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # for `eval_caption`
+    val_max_images: int = 0  # images used for the per-epoch validation CIDEr-D (0 = all)
+    eval_batch_size: int = 100
+    device: str = "auto"  # "cpu", "cuda" or "auto"
+
+
+@dataclass(frozen=True)
+class CaptionPaths:
+    """Input files of a run."""
+
+    features: str  # a FeatureStore directory (region or grid)
+    captions: str  # a Karpathy split JSON
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_caption_config(yaml_path: str | Path | None = None,
+                        overrides: dict[str, Any] | None = None) -> CaptionTrainConfig:
+    """Defaults, then the YAML file's keys, then ``overrides`` (nested dicts); unknown keys raise."""
+    cfg = CaptionTrainConfig()
+    if yaml_path is not None:
+        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping at the top level")
+        cfg = apply_overrides(cfg, _tuples(data), "caption config")
+    return apply_overrides(cfg, _tuples(overrides or {}), "caption config")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _loader(dataset: CaptionDataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_captions)
+
+
+@torch.no_grad()
+def generate_captions(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab, cfg: DecodeConfig,
+                      batch_size: int = 100, device: str | torch.device = "cpu") -> dict[str, str]:
+    """image id -> decoded caption for every image of a per-image dataset (model put in eval mode)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, str] = {}
+    try:
+        for batch in _loader(dataset, batch_size):
+            tokens = decode(model, batch["feats"].to(device), batch["mask"].to(device), cfg)
+            out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def cider_of(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab, scorer: CiderD,
+             cfg: DecodeConfig = DecodeConfig(method="greedy"), batch_size: int = 100,
+             device: str | torch.device = "cpu") -> float:
+    """Mean CIDEr-D of the model's captions for a per-image dataset."""
+    preds = generate_captions(model, dataset, vocab, cfg, batch_size, device)
+    refs = {im.image_id: im.refs for im in dataset.images}
+    return scorer.score(preds, refs)[0]
+
+
+def _best_into(model: CaptionModel, ckpt_dir: Path) -> str | None:
+    for name in ("best.pt", "last.pt"):
+        if (ckpt_dir / name).is_file():
+            model.load_state_dict(load_checkpoint(ckpt_dir / name).model)
+            return str(ckpt_dir / name)
+    return None
+
+
+def _split_or_none(images: Sequence[CaptionImage], split: str) -> list[CaptionImage] | None:
+    try:
+        return split_images(images, split)
+    except CaptionDataError:
+        return None
+
+
+def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | Path, *,
+                  skip_missing: bool = False, echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run XE (``cfg.xe.epochs``) then SCST (``cfg.scst.epochs``) and write the run directory.
+
+    Returns the run summary (also written to ``out_dir/run.json``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    store = FeatureStore(paths.features)
+    images = load_karpathy(paths.captions)
+    train_imgs = split_images(images, "train", cfg.data.train_splits)
+    val_imgs = _split_or_none(images, "val")
+    vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
+    vocab.save(out_dir / "vocab.json")
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False),
+                                         encoding="utf-8")
+    train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing)
+    val_ds = None
+    if val_imgs is not None:
+        val_imgs = val_imgs[: cfg.val_max_images] if cfg.val_max_images > 0 else val_imgs
+        val_ds = CaptionDataset(val_imgs, store, vocab, cfg.data, per_caption=False,
+                                skip_missing=skip_missing)
+
+    torch.manual_seed(cfg.xe.seed)
+    model = build_caption_model(cfg.model_name, len(vocab), store.feature_dim, cfg.model).to(device)
+    greedy = DecodeConfig(method="greedy", max_len=cfg.data.max_len)
+    evaluate = None
+    if val_ds is not None:
+        val_scorer = CiderD([im.refs for im in val_ds.images])
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            inner = m.model if isinstance(m, ScstObjective) else m
+            score = cider_of(inner, val_ds, vocab, val_scorer, greedy, cfg.eval_batch_size, device)
+            return {"CIDEr-D": score}
+
+    meta = {"config": json.loads(json.dumps(asdict(cfg))), "model_name": cfg.model_name,
+            "vocab_size": len(vocab), "feature_dim": store.feature_dim,
+            "store": {"path": str(paths.features), "kind": store.kind,
+                      "extractor": store.manifest.get("extractor")}}
+    summary: dict[str, Any] = {
+        "task": "caption", "model_name": cfg.model_name, "features": str(paths.features),
+        "captions": str(paths.captions),
+        "skip_missing": skip_missing, "vocab": "vocab.json", "vocab_size": len(vocab),
+        "feature_dim": store.feature_dim, "store_kind": store.kind, "train_images": len(train_ds.images),
+        "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0, "phases": {}}
+    state: LoopState | None = None
+    if cfg.xe.epochs > 0:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr)
+        state = fit(model, opt, train_ds, model.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
+                    collate_fn=collate_captions, id_key="image_ids", device=device, echo=echo)
+        weights = _best_into(model, out_dir / "xe" / "checkpoints")
+        summary["phases"]["xe"] = {**asdict(state), "weights": weights}
+    if cfg.scst.epochs > 0:
+        scst_ds = CaptionDataset(train_ds.images, store, vocab, cfg.data, per_caption=False)
+        scorer = CiderD([im.refs for im in scst_ds.images])  # df from the training references
+        objective = ScstObjective(model, scorer, vocab, cfg.scst_objective)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.scst.lr)
+        state = fit(objective, opt, scst_ds, lambda out, batch: out, cfg.scst, out_dir / "scst",
+                    evaluate=evaluate, meta=meta, collate_fn=collate_captions, id_key="image_ids",
+                    device=device, echo=echo)
+        summary["phases"]["scst"] = {**asdict(state),
+                                     "weights": _best_into(model, out_dir / "scst" / "checkpoints")}
+    if evaluate is not None:
+        summary["val_cider_d"] = evaluate(model)["CIDEr-D"]
+    save_checkpoint(out_dir / "model.pt", model, None, step=state.step if state else 0,
+                    epoch=state.epoch if state else 0, meta=meta)
+    summary["checkpoint"] = "model.pt"
+    (out_dir / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def load_caption_run(run_dir: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[CaptionTrainConfig, CaptionModel, Vocab, dict[str, Any]]:
+    """(config, model with the final weights in eval mode, vocabulary, run.json) of a finished run."""
+    run_dir = Path(run_dir)
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no run.json (not a finished caption run)")
+    info = json.loads(run_file.read_text(encoding="utf-8"))
+    cfg = load_caption_config(run_dir / "config.yaml")
+    vocab = Vocab.load(run_dir / info["vocab"])
+    model = build_caption_model(cfg.model_name, len(vocab), int(info["feature_dim"]), cfg.model)
+    model.load_state_dict(load_checkpoint(run_dir / info["checkpoint"]).model)
+    return cfg, model.to(device).eval(), vocab, info

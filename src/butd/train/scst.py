@@ -1,0 +1,114 @@
+"""Self-critical sequence training (Rennie et al., 2017) with a CIDEr-D reward.
+
+For each image, ``samples`` captions are drawn from the model; each gets the reward CIDEr-D(sample, refs)
+(document frequencies fixed from the training references) minus a baseline, and the loss is
+
+    L = - sum_{n,t} (r_n - b_n) * log p(w_{n,t}) * valid_{n,t} / sum_{n,t} valid_{n,t}
+
+Baselines (registry :data:`SCST_BASELINES`): ``greedy`` = reward of the model's own greedy caption
+(test-time inference, computed in eval mode without gradients); ``mean`` = mean reward of the image's other
+samples. :class:`ScstObjective` wraps a caption model so that the generic loop (``butd.train.loop.fit``)
+can optimise it; its ``state_dict`` is the wrapped model's, so checkpoints load into the bare model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from butd.datasets.vocab import PAD, Vocab
+from butd.evaluate.cider import CiderD
+from butd.models.decoding import greedy_decode, sample_decode
+from butd.models.registry import CaptionModel
+
+__all__ = ["SCST_BASELINES", "ScstConfig", "ScstObjective", "tokens_to_text"]
+
+
+@dataclass(frozen=True)
+class ScstConfig:
+    """SCST phase settings (the loop settings -- epochs, lr, batch size in images -- live in a LoopConfig)."""
+
+    baseline: str = "greedy"  # a key of SCST_BASELINES
+    samples: int = 5  # sampled captions per image
+    max_len: int = 16
+    temperature: float = 1.0
+
+
+def tokens_to_text(tokens: torch.Tensor, vocab: Vocab) -> list[str]:
+    """Decoded captions of token rows [N, T] (stops at EOS)."""
+    return [vocab.decode(row) for row in tokens.tolist()]
+
+
+def _greedy_baseline(obj: ScstObjective, batch: Mapping[str, Any], rewards: torch.Tensor) -> torch.Tensor:
+    """Reward of the greedy caption, [B, n] (same value for the n samples of an image)."""
+    was_training = obj.model.training
+    obj.model.eval()
+    try:
+        greedy = greedy_decode(obj.model, batch["feats"], batch["mask"], obj.config.max_len)["tokens"]
+    finally:
+        obj.model.train(was_training)
+    _, scores = obj.scorer.score_lists(tokens_to_text(greedy, obj.vocab), batch["refs"])
+    return torch.as_tensor(scores, dtype=rewards.dtype, device=rewards.device).unsqueeze(1).expand_as(rewards)
+
+
+def _mean_baseline(obj: ScstObjective, batch: Mapping[str, Any], rewards: torch.Tensor) -> torch.Tensor:
+    """Mean reward of the other samples of the same image, [B, n]."""
+    n = rewards.size(1)
+    if n < 2:
+        raise ValueError("the 'mean' SCST baseline needs samples >= 2")
+    return (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
+
+
+SCST_BASELINES: dict[str, Callable[[Any, Mapping[str, Any], torch.Tensor], torch.Tensor]] = {
+    "greedy": _greedy_baseline, "mean": _mean_baseline}
+
+
+class ScstObjective(nn.Module):
+    """``forward(batch) -> {"loss", "reward", "baseline", "advantage_std"}`` for a per-image batch.
+
+    batch: feats [B, K, D], mask [B, K], refs (B lists of reference strings). The scorer is built once from
+    the training references and passed in.
+    """
+
+    def __init__(self, model: CaptionModel, scorer: CiderD, vocab: Vocab, config: ScstConfig = ScstConfig()
+                 ) -> None:
+        super().__init__()
+        if config.baseline not in SCST_BASELINES:
+            known = ", ".join(SCST_BASELINES)
+            raise ValueError(f"unknown SCST baseline {config.baseline!r} (known: {known})")
+        if config.samples < 1:
+            raise ValueError("SCST needs samples >= 1")
+        self.model, self.scorer, self.vocab, self.config = model, scorer, vocab, config
+
+    # checkpoints hold the bare caption model
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def rewards(self, tokens: torch.Tensor, refs: Sequence[Sequence[str]]) -> torch.Tensor:
+        """CIDEr-D of sampled rows [B*n, T] (image-major) against their image's refs -> [B, n]."""
+        n = self.config.samples
+        refs_rep = [r for r in refs for _ in range(n)]
+        _, scores = self.scorer.score_lists(tokens_to_text(tokens, self.vocab), refs_rep)
+        return torch.as_tensor(scores, dtype=torch.float32, device=tokens.device).view(len(refs), n)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        out = sample_decode(self.model, batch["feats"], batch["mask"], cfg.max_len, n=cfg.samples,
+                            temperature=cfg.temperature, with_grad=True)
+        tokens, logprobs = out["tokens"], out["logprobs"]  # [B*n, T]
+        rewards = self.rewards(tokens, batch["refs"])  # [B, n]
+        with torch.no_grad():
+            base = SCST_BASELINES[cfg.baseline](self, batch, rewards)
+        adv = (rewards - base).reshape(-1, 1)
+        valid = (tokens != PAD).to(logprobs.dtype)
+        loss = -(adv * logprobs * valid).sum() / valid.sum().clamp_min(1.0)
+        return {"loss": loss, "reward": rewards.mean(), "baseline": base.mean(),
+                "advantage_std": adv.std() if adv.numel() > 1 else adv.sum() * 0}

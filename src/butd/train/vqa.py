@@ -1,0 +1,316 @@
+"""VQA trainer: config, data preparation, training, prediction and evaluation of a run directory.
+
+A run directory holds config.yaml, run.json (data paths, join reports), vocab.json, answers.json,
+metrics.jsonl, checkpoints/{last,best}.pt and, after evaluation, eval_<split>.json + results_<split>.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from butd.datasets.vqa import (
+    Vocab,
+    VQADataConfig,
+    VQADataset,
+    VQAExample,
+    build_answer_set,
+    join_store,
+    load_vqa,
+)
+from butd.evaluate.vqa_accuracy import vqa_accuracy
+from butd.models.updown_vqa import UpDownVQA, UpDownVQAConfig, load_glove, vqa_loss
+from butd.shards import FeatureStore
+from butd.train.checkpoint import load_checkpoint
+from butd.train.loop import LoopConfig, LoopState, apply_overrides, config_to_dict, fit
+
+__all__ = [
+    "OPTIMIZERS",
+    "VQA_MODELS",
+    "VQAPaths",
+    "VQATrainConfig",
+    "eval_run",
+    "evaluate_dataset",
+    "load_config",
+    "load_run",
+    "predict",
+    "prepare_data",
+    "train_vqa",
+]
+
+
+@dataclass(frozen=True)
+class VQATrainConfig:
+    """Everything a VQA run needs besides file paths; YAML files override it key by key."""
+
+    model_name: str = "updown"
+    model: UpDownVQAConfig = field(default_factory=UpDownVQAConfig)
+    data: VQADataConfig = field(default_factory=VQADataConfig)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=13, batch_size=512, lr=2e-3))
+    optimizer: str = "adamax"
+    weight_decay: float = 0.0
+    eval_batch_size: int = 512
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
+
+
+@dataclass(frozen=True)
+class VQAPaths:
+    """Input files of a run (lists allow extra QA pairs in the same layout)."""
+
+    features: str
+    questions: tuple[str, ...]
+    annotations: tuple[str, ...]
+    val_questions: tuple[str, ...] = ()
+    val_annotations: tuple[str, ...] = ()
+    glove: str | None = None
+
+
+def _build_updown(
+    cfg: VQATrainConfig, vocab_size: int, num_answers: int, feature_dim: int, embeddings: torch.Tensor | None
+) -> torch.nn.Module:
+    return UpDownVQA(vocab_size, num_answers, feature_dim, cfg.model, embeddings)
+
+
+VQA_MODELS: dict[str, Callable[..., torch.nn.Module]] = {"updown": _build_updown}
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamax": torch.optim.Adamax,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
+def load_config(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> VQATrainConfig:
+    """Defaults, then the YAML file's keys, then ``overrides`` (nested dicts)."""
+    cfg = VQATrainConfig()
+    if yaml_path is not None:
+        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping at the top level")
+        cfg = apply_overrides(cfg, _nest(cfg, data), "vqa config")
+    return apply_overrides(cfg, _nest(cfg, overrides or {}), "vqa config")
+
+
+def _nest(cfg: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives lists and plain values; frozen dataclasses hold tuples and nested dataclasses."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_data(
+    cfg: VQATrainConfig, paths: VQAPaths, vocab: Vocab | None = None, answers: Sequence[str] | None = None
+) -> tuple[VQADataset, VQADataset | None, Vocab, list[str], dict[str, Any]]:
+    """Load questions, build (or reuse) vocab and answer candidates, join both splits to the store."""
+    store = FeatureStore(paths.features)
+    train = load_vqa(paths.questions, paths.annotations)
+    val = load_vqa(paths.val_questions, paths.val_annotations or None) if paths.val_questions else []
+    train, train_report = join_store(train, store, cfg.data.skip_missing)
+    reports: dict[str, Any] = {"train": train_report}
+    if val:
+        val, reports["val"] = join_store(val, store, cfg.data.skip_missing)
+    vocab = vocab or Vocab.build(train)
+    labelled_val = [ex for ex in val if ex.answers]
+    answers = (
+        list(answers)
+        if answers is not None
+        else build_answer_set(train + labelled_val, cfg.data.min_answer_count)
+    )
+    train_ds = VQADataset(train, store, vocab, answers, cfg.data)
+    val_ds = VQADataset(val, store, vocab, answers, cfg.data) if val else None
+    return train_ds, val_ds, vocab, answers, reports
+
+
+def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> dict[int, str]:
+    """Best answer per question id."""
+    was_training = model.training
+    model.eval()
+    out: dict[int, str] = {}
+    for batch in _loader(dataset, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        best = model(batch)["logits"].argmax(dim=1).tolist()
+        for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
+            out[int(qid)] = dataset.answers[j]
+    model.train(was_training)
+    return out
+
+
+def _annotations(examples: Sequence[VQAExample]) -> list[dict[str, Any]]:
+    return [
+        {
+            "question_id": ex.question_id,
+            "question_type": ex.question_type,
+            "answer_type": ex.answer_type,
+            "answers": [{"answer": a} for a in ex.answers],
+        }
+        for ex in examples
+        if ex.answers
+    ]
+
+
+def evaluate_dataset(
+    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[int, str]]:
+    """Official accuracy on the annotated questions of ``dataset``, plus the predictions."""
+    preds = predict(model, dataset, batch_size, device)
+    anns = _annotations(dataset.examples)
+    return vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns]), preds
+
+
+def _build_model(
+    cfg: VQATrainConfig, vocab: Vocab, answers: Sequence[str], feature_dim: int, glove: str | None
+) -> torch.nn.Module:
+    if cfg.model_name not in VQA_MODELS:
+        raise ValueError(f"unknown VQA model {cfg.model_name!r} (known: {', '.join(VQA_MODELS)})")
+    emb = load_glove(glove, vocab.words, cfg.model.word_dim) if glove else None
+    return VQA_MODELS[cfg.model_name](cfg, len(vocab), len(answers), feature_dim, emb)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+
+
+def train_vqa(
+    cfg: VQATrainConfig,
+    paths: VQAPaths,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    echo: Callable[[str], None] | None = print,
+) -> LoopState:
+    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
+    vocab = Vocab(ckpt.meta["vocab"]) if ckpt else None
+    answers = ckpt.meta["answers"] if ckpt else None
+    train_ds, val_ds, vocab, answers, reports = prepare_data(cfg, paths, vocab, answers)
+    for split, rep in reports.items():
+        if rep["missing_questions"] and echo:
+            echo(f"{split}: skipped {rep['missing_questions']} question(s) on {rep['missing_images']} "
+                 "image(s) missing from the feature store")
+    torch.manual_seed(cfg.loop.seed)
+    device = _resolve_device(cfg.device)
+    model = _build_model(cfg, vocab, answers, train_ds.feature_dim, paths.glove)
+    if ckpt is None and hasattr(model, "init_answer_bias"):
+        model.init_answer_bias(train_ds.answer_prior())
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS[cfg.optimizer](params, lr=cfg.loop.lr, weight_decay=cfg.weight_decay)
+    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    _write_json(
+        out / "run.json",
+        {
+            "task": "vqa",
+            "paths": asdict(paths),
+            "data": reports,
+            "num_answers": len(answers),
+            "vocab_size": len(vocab),
+        },
+    )
+    _write_json(out / "answers.json", answers)
+    _write_json(out / "vocab.json", vocab.words)
+    manifest = train_ds.store.manifest
+    meta = {
+        "task": "vqa",
+        "config": config_to_dict(cfg),
+        "vocab": vocab.words,
+        "answers": answers,
+        "store_manifest": manifest,
+    }
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        if val_ds is None or not any(ex.answers for ex in val_ds.examples):
+            return {}
+        res, _ = evaluate_dataset(m, val_ds, cfg.eval_batch_size, device)
+        return {"accuracy": res["overall"], **{f"acc_{k}": v for k, v in res["per_answer_type"].items()}}
+
+    def loss_fn(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": vqa_loss(outputs["logits"], batch["target"])}
+
+    return fit(
+        model,
+        optimizer,
+        train_ds,
+        loss_fn,
+        cfg.loop,
+        out,
+        evaluate=evaluate if val_ds else None,
+        meta=meta,
+        resume=ckpt,
+        device=device,
+        echo=echo,
+    )
+
+
+def load_run(
+    run: str | Path, which: str = "best"
+) -> tuple[torch.nn.Module, VQATrainConfig, Vocab, list[str], dict[str, Any]]:
+    """Model (eval mode, CPU), config, vocab, answers and run.json of a run; falls back to last.pt."""
+    run = Path(run)
+    path = run / "checkpoints" / f"{which}.pt"
+    if not path.exists():
+        path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    cfg = load_config(None, ckpt.meta["config"])
+    vocab, answers = Vocab(ckpt.meta["vocab"]), list(ckpt.meta["answers"])
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    feature_dim = int(ckpt.meta["store_manifest"]["dims"]["feature_dim"])
+    model = VQA_MODELS[cfg.model_name](cfg, len(vocab), len(answers), feature_dim, None)
+    model.load_state_dict(ckpt.model)
+    model.eval()
+    return model, cfg, vocab, answers, info
+
+
+def eval_run(
+    run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print
+) -> dict[str, Any]:
+    """Evaluate a run on its ``split`` ("val" or "train").
+
+    Writes eval_<split>.json and results_<split>.json (official results format)."""
+    run = Path(run)
+    model, cfg, vocab, answers, info = load_run(run)
+    p = info["paths"]
+    q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
+    if not p.get(q_key):
+        raise ValueError(f"run {run} has no {split} questions (train it with --val-questions)")
+    store = FeatureStore(p["features"])
+    examples = load_vqa(p[q_key], p[a_key] or None)
+    examples, report = join_store(examples, store, cfg.data.skip_missing)
+    dataset = VQADataset(examples, store, vocab, answers, cfg.data)
+    preds = predict(model, dataset, cfg.eval_batch_size)
+    anns = _annotations(examples)
+    result: dict[str, Any] = {"split": split, "data": report}
+    if anns:
+        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns]))
+    _write_json(run / f"eval_{split}.json", result)
+    _write_json(run / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in preds.items()])
+    if echo is not None and anns:
+        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions")
+        for k, v in sorted(result["per_answer_type"].items()):
+            echo(f"  {k:8s} {v:.2f}")
+    return result

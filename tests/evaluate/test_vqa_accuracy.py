@@ -1,0 +1,254 @@
+"""Official VQA accuracy: normalisation rules, the leave-one-out average, quirks, and a slow reference."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from butd.evaluate.vqa_accuracy import (
+    CONTRACTIONS,
+    answer_accuracy,
+    leave_one_out_score,
+    normalize_answer,
+    process_punctuation,
+    vqa_accuracy,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Two", "2"),
+        ("none", "0"),
+        ("ten", "10"),
+        ("eleven", "eleven"),
+        ("two dogs", "2 dogs"),
+        ("a dog", "dog"),
+        ("The Cat", "cat"),
+        ("an apple a day", "apple day"),
+        ("yes!", "yes"),
+        ("hot-dog", "hot dog"),
+        ("black, white", "black white"),
+        ("1,000", "1000"),
+        ("(left)", "left"),
+        ("x/y", "x y"),
+        ("what?", "what"),
+        ("tv's", "tv's"),
+        ("red:blue", "red:blue"),
+        ("dont", "don't"),
+        ("isnt", "isn't"),
+        ("Im", "im"),
+        ("cant stop", "can't stop"),
+        ("1.5", "1.5"),
+        ("0.75", "0.75"),
+        (".5", ".5"),
+        ("5.", "5"),
+        ("yes.", "yes"),
+        ("mr. smith", "mr smith"),
+        ("  Yes\t", "yes"),
+        ("line\nbreak", "line break"),
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_period_removal_is_capped_at_32_like_the_official_call() -> None:
+    assert process_punctuation("." * 40) == "." * 8
+
+
+def test_leave_one_out_values() -> None:
+    got = [leave_one_out_score([True] * m + [False] * (10 - m)) for m in range(11)]
+    assert got == pytest.approx([0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_hand_computed_example() -> None:
+    # 2 x "red", 8 x "blue": "red" matches 2 -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6; "blue" -> 1; "green" -> 0
+    anns = [
+        {
+            "question_id": 1,
+            "question_type": "what color",
+            "answer_type": "other",
+            "answers": [{"answer": a} for a in ["red"] * 2 + ["blue"] * 8],
+        },
+        {
+            "question_id": 2,
+            "question_type": "how many",
+            "answer_type": "number",
+            "answers": [{"answer": a} for a in ["2"] * 3 + ["two"] * 2 + ["3"] * 5],
+        },
+    ]
+    # q2: prediction "Two" -> "2"; GT "two" is only punctuation-processed (no digits), so 3 matches -> 0.9
+    res = vqa_accuracy({1: "Red", 2: "Two"}, {"annotations": anns})
+    assert res["per_question"] == {1: 60.0, 2: 90.0}
+    assert res["overall"] == 75.0
+    assert res["per_answer_type"] == {"other": 60.0, "number": 90.0}
+    assert res["per_question_type"] == {"what color": 60.0, "how many": 90.0}
+    assert vqa_accuracy({1: "blue", 2: "3"}, anns)["overall"] == 100.0
+    assert vqa_accuracy({1: "green", 2: "4"}, anns)["overall"] == 0.0
+
+
+def test_ground_truth_normalised_only_when_answers_differ() -> None:
+    assert answer_accuracy("red", ["red."] * 10) == 0.0  # all identical: left as is
+    assert answer_accuracy("red", ["red."] * 9 + ["blue"]) == 1.0  # differ: trailing periods stripped
+    assert answer_accuracy("red", ["Red"] * 9 + ["blue"]) == 0.0  # ground truth is never lower-cased
+
+
+def test_missing_prediction_is_an_error() -> None:
+    anns = [
+        {"question_id": 7, "question_type": "x", "answer_type": "other", "answers": [{"answer": "a"}] * 10}
+    ]
+    with pytest.raises(KeyError, match="7"):
+        vqa_accuracy({}, anns)
+
+
+# ------------------------------------------------------------ slow reference: the official loop, transcribed
+_REF_PUNCT = [
+    ";",
+    r"/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
+_REF_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_REF_COMMA = re.compile(r"(\d)(\,)(\d)")
+_REF_MAP = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
+
+
+def _ref_punct(in_text: str) -> str:
+    out_text = in_text
+    for p in _REF_PUNCT:
+        if (p + " " in in_text or " " + p in in_text) or (re.search(_REF_COMMA, in_text) is not None):
+            out_text = out_text.replace(p, "")
+        else:
+            out_text = out_text.replace(p, " ")
+    return _REF_PERIOD.sub("", out_text, re.UNICODE)
+
+
+def _ref_digit_article(in_text: str) -> str:
+    out = []
+    for word in in_text.lower().split():
+        word = _REF_MAP.setdefault(word, word)
+        if word not in ["a", "an", "the"]:
+            out.append(word)
+    for i, word in enumerate(out):
+        if word in CONTRACTIONS:
+            out[i] = CONTRACTIONS[word]
+    return " ".join(out)
+
+
+def _reference(preds: dict[int, str], anns: list[dict]) -> tuple[float, dict[int, float]]:
+    acc_qa, per_q = [], {}
+    for ann in anns:
+        gts = [dict(a) for a in ann["answers"]]
+        res = preds[ann["question_id"]].replace("\n", " ").replace("\t", " ").strip()
+        res = _ref_digit_article(_ref_punct(res))
+        if len({a["answer"] for a in gts}) > 1:
+            for a in gts:
+                a["answer"] = _ref_punct(a["answer"])
+        gt_acc = []
+        for datum in gts:
+            others = [item for item in gts if item != datum]
+            matching = [item for item in others if item["answer"] == res]
+            gt_acc.append(min(1, float(len(matching)) / 3))
+        avg = float(sum(gt_acc)) / len(gt_acc)
+        acc_qa.append(avg)
+        per_q[ann["question_id"]] = round(100 * avg, 2)
+    return round(100 * float(sum(acc_qa)) / len(acc_qa), 2), per_q
+
+
+_PIECES = [
+    "red",
+    "Red",
+    "red.",
+    "two",
+    "2",
+    "2.",
+    "1.5",
+    "1,000",
+    "1000",
+    "a",
+    "the",
+    "dog",
+    "dogs",
+    "dont",
+    "don't",
+    "yes",
+    "Yes!",
+    "no",
+    "hot-dog",
+    "hot dog",
+    "(left)",
+    "left",
+    "none",
+    "0",
+    "isnt",
+    "mr.",
+    "x/y",
+    "black, white",
+    "black white",
+    " ",
+    "?",
+    "Im",
+    "it's",
+    "tv's",
+]
+
+
+def _random_answer(rng: random.Random) -> str:
+    return " ".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 3)))
+
+
+def test_matches_transcribed_official_algorithm() -> None:
+    rng = random.Random(0)
+    anns, preds = [], {}
+    for qid in range(600):
+        pool = [_random_answer(rng) for _ in range(rng.randint(1, 4))]
+        answers = [
+            {"answer": rng.choice(pool), "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)
+        ]
+        anns.append(
+            {
+                "question_id": qid,
+                "question_type": "t",
+                "answer_type": rng.choice(["yes/no", "other"]),
+                "answers": answers,
+            }
+        )
+        preds[qid] = rng.choice([*pool, _random_answer(rng)])
+    overall, per_q = _reference(preds, anns)
+    ours = vqa_accuracy(preds, anns)
+    assert ours["per_question"] == per_q
+    assert ours["overall"] == overall
+    assert any(0 < v < 100 for v in per_q.values()) and any(v == 100 for v in per_q.values())
