@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: test bench lint demo clean system-deps extract train
+.PHONY: test bench lint demo clean system-deps extract train toy-data
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,39 @@ extract: .venv
 	@test -n "$(DATASET)" -a -n "$(ROOT)" || { echo "usage: make extract DATASET=coco|flickr8k|flickr30k|vg|vqa|folder|toy ROOT=DIR [EXTRACTOR=$(EXTRACTOR)] [WEIGHTS=F] [MODE=detect|grid|boxes] [OUT=DIR]"; exit 2; }
 	$(BUTD) extract --dataset $(DATASET) --root $(ROOT) --extractor $(EXTRACTOR) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(MODE),--mode $(MODE)) $(EXTRACT_ARGS)
 
+# make train MODEL=updown|sat-soft|sat-hard|vqa — on the toy world unless DATASET= (with ROOT=, using
+# the store `make extract` wrote) or FEATURES= (+ CAPTIONS= or QUESTIONS=/ANNOTATIONS=/VAL_ARGS=) point at
+# real data; CONFIG= overrides the YAML (toy: small settings; real data: configs/$(MODEL).yaml, the papers').
+MODEL ?= updown
+TOY ?= data/toy
+RUN ?= runs/$(MODEL)
+TOY_STORE = $(TOY)/features/$(if $(filter sat-%,$(MODEL)),grid,boxes)
+REAL = $(FEATURES)$(DATASET)
+TRAIN_FEATURES = $(or $(FEATURES),$(if $(DATASET),features/$(DATASET)-$(EXTRACTOR),$(TOY_STORE)))
+TRAIN_CAPTIONS = $(or $(CAPTIONS),$(if $(DATASET),$(ROOT)/dataset_$(DATASET).json,$(TOY)/dataset_coco.json))
+TRAIN_CONFIG = $(or $(CONFIG),$(if $(REAL),configs/$(MODEL).yaml,src/butd/demo_configs/$(MODEL).yaml))
+VQA_DIR = $(TOY)/vqa
+train: .venv
+	@if [ -z "$(REAL)" ]; then $(MAKE) --no-print-directory toy-data; fi
+ifeq ($(MODEL),vqa)
+	$(BUTD) train --model vqa --config $(TRAIN_CONFIG) --features $(TRAIN_FEATURES) --out $(RUN) \
+	  --questions $(or $(QUESTIONS),$(VQA_DIR)/v2_OpenEnded_mscoco_train2014_questions.json) \
+	  --annotations $(or $(ANNOTATIONS),$(VQA_DIR)/v2_mscoco_train2014_annotations.json) \
+	  $(if $(REAL),$(VAL_ARGS),--val-questions $(VQA_DIR)/v2_OpenEnded_mscoco_val2014_questions.json \
+	  --val-annotations $(VQA_DIR)/v2_mscoco_val2014_annotations.json) $(TRAIN_ARGS)
+else
+	$(BUTD) train --model $(MODEL) --config $(TRAIN_CONFIG) --features $(TRAIN_FEATURES) \
+	  --captions $(TRAIN_CAPTIONS) --out $(RUN) $(TRAIN_ARGS)
+endif
+
+# The toy world and its two effnetlite0 stores (given boxes, grid), made once.
+toy-data: .venv
+	@test -f $(TOY)/dataset_coco.json || $(BUTD) toy make $(TOY) --images 300
+	@test -f $(TOY)/features/boxes/manifest.json || $(BUTD) extract --dataset toy --root $(TOY) \
+	  --extractor effnetlite0 --mode boxes --out $(TOY)/features/boxes --workers 2
+	@test -f $(TOY)/features/grid/manifest.json || $(BUTD) extract --dataset toy --root $(TOY) \
+	  --extractor effnetlite0 --mode grid --out $(TOY)/features/grid --workers 2
+
 # Debian packages some tests use: chromium (report rendering) and a JRE (METEOR). Needs root.
 system-deps:
 	@command -v chromium >/dev/null && command -v java >/dev/null || \
@@ -45,4 +78,4 @@ system-deps:
 	      chromium default-jre-headless >/dev/null; }
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache data/toy runs

@@ -28,6 +28,12 @@ __all__ = ["extract_cmd"]
 @click.option("--fp16", is_flag=True, default=None, help="Half precision on GPU; store float16 features.")
 @click.option("--boxes", "boxes_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON {image_id: [[x1,y1,x2,y2],...]} of given boxes (mode boxes).")
+@click.option("--min-boxes", type=int, default=None, help="Detector: at least this many boxes (default 10).")
+@click.option("--max-boxes", type=int, default=None,
+              help="Detector: at most this many boxes (default 100; 36 with --min-boxes 36 = fixed 36).")
+@click.option("--conf-thresh", type=float, default=None, help="Detector: keep boxes at least this confident (0.2).")
+@click.option("--box-source", type=click.Choice(["proposals", "regressed"]), default=None,
+              help="Detector: store the pooled proposal boxes (as the original) or the class-regressed ones.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per shard / work unit.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--image-size", type=int, default=None, help="Input side for grid networks.")
@@ -38,18 +44,22 @@ __all__ = ["extract_cmd"]
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Verify the store at the end.")
 def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weights: str | None, out: str,
                 address: str | None, workers: int | None, threads: int | None, fp16: bool | None,
-                boxes_file: str | None, shard_size: int, batch_size: int, image_size: int | None,
-                device: str | None, config_file: str | None, no_progress: bool, verify: bool) -> None:
+                boxes_file: str | None, min_boxes: int | None, max_boxes: int | None,
+                conf_thresh: float | None, box_source: str | None, shard_size: int, batch_size: int,
+                image_size: int | None, device: str | None, config_file: str | None, no_progress: bool,
+                verify: bool) -> None:
     """Extract features for every image of --dataset under --root into the store --out."""
     from butd.extract.runner import FAILURES_NAME, run_extraction
     from butd.shards import verify_store
 
     overrides = {"name": extractor, "mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size,
-                 "device": device}
+                 "device": device, "min_boxes": min_boxes, "max_boxes": max_boxes, "conf_thresh": conf_thresh}
     if config_file:
         cfg = ExtractorConfig.from_yaml(config_file, **overrides)
     else:
         cfg = ExtractorConfig(name=extractor).replace(**overrides)
+    if box_source:
+        cfg = cfg.replace(extra={**cfg.extra, "box_source": box_source})
     if mode is None and not (config_file and "mode" in _yaml_keys(config_file)):
         cfg = cfg.replace(mode="detect" if extractor.startswith("bua") else "grid")
     items = iter_source(dataset, root, mode=cfg.mode)

@@ -133,11 +133,18 @@ def _split_or_none(images: Sequence[CaptionImage], split: str) -> list[CaptionIm
         return None
 
 
+def _last(phase_dir: Path):
+    path = phase_dir / "checkpoints" / "last.pt"
+    return load_checkpoint(path) if path.is_file() else None
+
+
 def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | Path, *,
-                  skip_missing: bool = False, echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+                  skip_missing: bool = False, resume: bool = False,
+                  echo: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Run XE (``cfg.xe.epochs``) then SCST (``cfg.scst.epochs``) and write the run directory.
 
-    Returns the run summary (also written to ``out_dir/run.json``).
+    ``resume`` continues an interrupted run from its phases' ``last.pt`` exactly (same losses on CPU);
+    once SCST has a checkpoint, XE is finished. Returns the run summary (also ``out_dir/run.json``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +153,11 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
     images = load_karpathy(paths.captions)
     train_imgs = split_images(images, "train", cfg.data.train_splits)
     val_imgs = _split_or_none(images, "val")
-    vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
-    vocab.save(out_dir / "vocab.json")
+    if resume and (out_dir / "vocab.json").is_file():
+        vocab = Vocab.load(out_dir / "vocab.json")
+    else:
+        vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
+        vocab.save(out_dir / "vocab.json")
     (out_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False),
                                          encoding="utf-8")
     train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing)
@@ -180,9 +190,13 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         "feature_dim": store.feature_dim, "store_kind": store.kind, "train_images": len(train_ds.images),
         "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0, "phases": {}}
     state: LoopState | None = None
-    if cfg.xe.epochs > 0:
+    scst_ckpt = _last(out_dir / "scst") if resume else None
+    if cfg.xe.epochs > 0 and scst_ckpt is not None:  # SCST had started: XE is finished
+        summary["phases"]["xe"] = {"resumed": "finished in an earlier invocation"}
+    elif cfg.xe.epochs > 0:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr)
         state = fit(model, opt, train_ds, model.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
+                    resume=_last(out_dir / "xe") if resume else None,
                     collate_fn=collate_captions, id_key="image_ids", device=device, echo=echo)
         weights = _best_into(model, out_dir / "xe" / "checkpoints")
         summary["phases"]["xe"] = {**asdict(state), "weights": weights}
@@ -192,8 +206,8 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         objective = ScstObjective(model, scorer, vocab, cfg.scst_objective)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.scst.lr)
         state = fit(objective, opt, scst_ds, lambda out, batch: out, cfg.scst, out_dir / "scst",
-                    evaluate=evaluate, meta=meta, collate_fn=collate_captions, id_key="image_ids",
-                    device=device, echo=echo)
+                    evaluate=evaluate, meta=meta, resume=scst_ckpt, collate_fn=collate_captions,
+                    id_key="image_ids", device=device, echo=echo)
         summary["phases"]["scst"] = {**asdict(state),
                                      "weights": _best_into(model, out_dir / "scst" / "checkpoints")}
     if evaluate is not None:

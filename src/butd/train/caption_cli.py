@@ -80,9 +80,10 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--scst-epochs", type=int, default=None, help="SCST epochs after XE (scst.epochs).")
 @click.option("--skip-missing", is_flag=True, help="Drop images absent from the store instead of failing.")
 @click.option("--device", default=None, help="cpu, cuda or auto (default: the config's, auto).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT exactly where it stopped.")
 def train_caption_cmd(model_name: str | None, features: Path, captions: Path, out: Path,
                       config_file: Path | None, epochs: int | None, scst_epochs: int | None,
-                      skip_missing: bool, device: str | None) -> None:
+                      skip_missing: bool, device: str | None, resume: bool) -> None:
     """Train a captioner (XE, then optional SCST with CIDEr-D) on FEATURES + CAPTIONS into OUT."""
     from butd.datasets.captions import CaptionDataError
     from butd.shards import StoreError
@@ -100,7 +101,7 @@ def train_caption_cmd(model_name: str | None, features: Path, captions: Path, ou
     try:
         cfg = load_caption_config(config_file, overrides)
         paths = CaptionPaths(str(features), str(captions))
-        summary = train_caption(cfg, paths, out, skip_missing=skip_missing, echo=click.echo)
+        summary = train_caption(cfg, paths, out, skip_missing=skip_missing, resume=resume, echo=click.echo)
     except (CaptionDataError, StoreError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     score = summary.get("val_cider_d")
