@@ -208,3 +208,30 @@ def test_two_node_cluster(tmp_path: Path, local_ray: None) -> None:
         ray.shutdown()
         cluster.shutdown()
 
+
+
+@pytest.mark.slow
+def test_cli_detector_on_a_real_photo_and_broken_files(photos: Path, tmp_path: Path, local_ray: None) -> None:
+    """The issue's done-when for bua-r101: a verified store from real photos, broken files in failures."""
+    from click.testing import CliRunner
+
+    from butd.extract.extract_cli import extract_cmd
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "grace_hopper.jpg").write_bytes((photos / "grace_hopper.jpg").read_bytes())
+    for name in ("zero.jpg", "text.jpg"):
+        (root / name).write_bytes((photos / name).read_bytes())
+    out = tmp_path / "store"
+    args = ["--dataset", "folder", "--root", str(root), "--extractor", "bua-r101", "--weights", "random",
+            "--min-boxes", "36", "--max-boxes", "36", "--out", str(out), "--workers", "1", "--no-progress"]
+    res = CliRunner().invoke(extract_cmd, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert verify_store(out, progress=False).ok
+    store = FeatureStore(out)
+    rec = store["grace_hopper"]
+    assert rec["features"].shape == (36, 2048) and rec["objects_id"].shape == (36,)
+    assert (int(rec["image_w"]), int(rec["image_h"])) == (512, 600)
+    assert store.manifest["extractor"]["name"] == "bua-r101"
+    fails = sorted(json.loads(x)["image_id"] for x in (out / FAILURES_NAME).read_text().splitlines())
+    assert fails == ["text", "zero"]
