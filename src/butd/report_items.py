@@ -77,21 +77,18 @@ def caption_items(run: Path, split: str, n: int, images_root: Path | None) -> li
 def vqa_items(run: Path, split: str, n: int, images_root: Path | None) -> list[ReportItem]:
     """The first `n` questions of `split`: question, answer, ground truth and attended regions."""
     from butd.datasets.vqa import VQADataset, join_store, load_vqa
-    from butd.train.vqa import load_run
+    from butd.train.vqa import load_run, split_files
 
     model, cfg, vocab, answers, info = load_run(run)
-    p = info["paths"]
-    q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
-    if not p.get(q_key):
-        raise ValueError(f"run {run} has no {split} questions")
-    store = FeatureStore(p["features"])
-    examples, _ = join_store(load_vqa(p[q_key], p[a_key] or None), store, True)
+    questions, annotations = split_files(info, split)
+    store = FeatureStore(info["paths"]["features"])
+    examples, _ = join_store(load_vqa(questions, annotations), store, True)
     examples = examples[:n]
     ds = VQADataset(examples, store, vocab, answers, cfg.data)
     batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("tokens", "features", "mask")}
     results = model.answer(batch, answers, k=1)
-    first = p[q_key][0] if isinstance(p[q_key], list) else p[q_key]
-    index = _image_index(_roots(p["features"], first, images_root))
+    first = questions[0] if isinstance(questions, list) else questions
+    index = _image_index(_roots(info["paths"]["features"], first, images_root))
     items = []
     for ex, res in zip(examples, results):
         path = index.get(str(ex.image_id))

@@ -85,45 +85,11 @@ def write_oracle_store(
             image_id = int(image["image_id"])
             rng = np.random.default_rng([seed, image_id])
             w, h = int(image["width"]), int(image["height"])
-            rows: list[tuple[np.ndarray, np.ndarray]] = []
-            for obj in image["objects"]:
-                box = np.asarray(obj["box"], dtype=np.float32)
-                rows.append(
-                    (
-                        box,
-                        _region(
-                            colours.index(obj["colour"]),
-                            shapes.index(obj["shape"]),
-                            box,
-                            (w, h),
-                            len(image["objects"]),
-                            len(colours),
-                            len(shapes),
-                            dim,
-                            noise,
-                            rng,
-                        ),
-                    )
-                )
-            for _ in range(int(rng.integers(1, 3))):
-                box = _background_box(w, h, rng)
-                rows.append(
-                    (
-                        box,
-                        _region(
-                            None,
-                            None,
-                            box,
-                            (w, h),
-                            len(image["objects"]),
-                            len(colours),
-                            len(shapes),
-                            dim,
-                            noise,
-                            rng,
-                        ),
-                    )
-                )
+            regions = [(colours.index(o["colour"]), shapes.index(o["shape"]), np.asarray(o["box"], np.float32))
+                       for o in image["objects"]]
+            regions += [(None, None, _background_box(w, h, rng)) for _ in range(int(rng.integers(1, 3)))]
+            rows = [(box, _region(c, s, box, (w, h), len(image["objects"]), len(colours), len(shapes), dim, noise,
+                                  rng)) for c, s, box in regions]
             order = rng.permutation(len(rows))
             boxes = np.stack([rows[i][0] for i in order]).astype(np.float32)
             feats = np.stack([rows[i][1] for i in order]).astype(np.float32)

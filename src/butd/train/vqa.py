@@ -286,6 +286,15 @@ def load_run(
     return model, cfg, vocab, answers, info
 
 
+def split_files(info: dict[str, Any], split: str) -> tuple[Any, Any]:
+    """(questions, annotations or None) files a run recorded for ``split`` ("val" or "train")."""
+    p = info["paths"]
+    q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
+    if not p.get(q_key):
+        raise ValueError(f"the run has no {split} questions (train it with --val-questions)")
+    return p[q_key], p[a_key] or None
+
+
 def eval_run(
     run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print
 ) -> dict[str, Any]:
@@ -294,12 +303,9 @@ def eval_run(
     Writes eval_<split>.json and results_<split>.json (official results format)."""
     run = Path(run)
     model, cfg, vocab, answers, info = load_run(run)
-    p = info["paths"]
-    q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
-    if not p.get(q_key):
-        raise ValueError(f"run {run} has no {split} questions (train it with --val-questions)")
-    store = FeatureStore(p["features"])
-    examples = load_vqa(p[q_key], p[a_key] or None)
+    questions, annotations = split_files(info, split)
+    store = FeatureStore(info["paths"]["features"])
+    examples = load_vqa(questions, annotations)
     examples, report = join_store(examples, store, cfg.data.skip_missing)
     dataset = VQADataset(examples, store, vocab, answers, cfg.data)
     preds = predict(model, dataset, cfg.eval_batch_size)
