@@ -51,7 +51,7 @@ def train_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     else:
         raise click.BadParameter(f"unknown model {model!r}; choose from {', '.join(TASK_MODELS)}",
                                  param_hint="--model")
-    with target.make_context("butd train", list(args), parent=ctx) as sub:
+    with target.make_context(ctx.info_name, list(args), parent=ctx.parent) as sub:
         target.invoke(sub)
 
 
@@ -95,12 +95,12 @@ def eval_cmd(run: Path, split: str | None, beam: int, device: str) -> None:
     click.echo(f"wrote {run / ('eval_' + report['split'] + '.json')} and {run / report['captions']}")
 
 
-def _store_extractor(features: str) -> dict[str, Any]:
-    """The extractor a run's features came from, from the store manifest (cwd-relative path)."""
+def _store_extractor(features: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The extractor a run's features came from: as the run recorded it, else from the store's manifest."""
     from butd.extract.registry import names
     from butd.shards import read_manifest
 
-    extractor = read_manifest(features).get("extractor") or {}
+    extractor = recorded or read_manifest(features).get("extractor") or {}
     if extractor.get("name") not in names() or not isinstance(extractor.get("config"), dict):
         raise click.ClickException(
             f"the run's features ({features}) were made by {extractor.get('name')!r}, which cannot run on new "
@@ -138,7 +138,7 @@ def caption_cmd(run: Path, images: tuple[Path, ...], beam: int, device: str) -> 
     if info["task"] != "caption":
         raise click.ClickException(f"{run} is a {info['task']} run; `butd caption` needs a captioning run")
     cfg, model, vocab, info = load_caption_run(run, device)
-    extractor = _store_extractor(info["features"])
+    extractor = _store_extractor(info["features"], info.get("extractor"))
     dcfg = DecodeConfig(method="beam" if beam > 1 else "greedy", beam=beam, max_len=cfg.data.max_len)
     for path, rec in _features_of(list(images), extractor, device):
         feats = torch.from_numpy(np.array(rec["features"][: cfg.data.max_boxes], dtype=np.float32))[None]

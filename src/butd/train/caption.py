@@ -179,15 +179,16 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
             score = cider_of(inner, val_ds, vocab, val_scorer, greedy, cfg.eval_batch_size, device)
             return {"CIDEr-D": score}
 
+    # every checkpoint is self-describing: config, vocabulary and the manifest of the store it was trained on
     meta = {"config": json.loads(json.dumps(asdict(cfg))), "model_name": cfg.model_name,
-            "vocab_size": len(vocab), "feature_dim": store.feature_dim,
-            "store": {"path": str(paths.features), "kind": store.kind,
-                      "extractor": store.manifest.get("extractor")}}
+            "vocab": vocab.to_json(), "vocab_size": len(vocab), "feature_dim": store.feature_dim,
+            "store": {"path": str(paths.features), "kind": store.kind, "manifest": store.manifest}}
     summary: dict[str, Any] = {
         "task": "caption", "model_name": cfg.model_name, "features": str(paths.features),
         "captions": str(paths.captions),
         "skip_missing": skip_missing, "vocab": "vocab.json", "vocab_size": len(vocab),
-        "feature_dim": store.feature_dim, "store_kind": store.kind, "train_images": len(train_ds.images),
+        "feature_dim": store.feature_dim, "store_kind": store.kind, "extractor": store.manifest.get("extractor"),
+        "train_images": len(train_ds.images),
         "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0, "phases": {}}
     state: LoopState | None = None
     scst_ckpt = _last(out_dir / "scst") if resume else None
