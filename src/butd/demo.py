@@ -22,17 +22,18 @@ CONFIGS = Path(__file__).with_name("demo_configs")
 
 def shipped_photos(dest: Path) -> list[Path]:
     """Copy the real photos that installed packages ship (no download) into `dest`."""
-    import matplotlib
-    import skimage
-    import sklearn
+    import importlib.util
+
+    def package_dir(name: str) -> Path | None:  # the [dev] extras ship these; a plain install may not
+        spec = importlib.util.find_spec(name)
+        return Path(spec.origin).parent if spec and spec.origin else None
 
     dest.mkdir(parents=True, exist_ok=True)
+    mpl, ski, skl = package_dir("matplotlib"), package_dir("skimage"), package_dir("sklearn")
     sources = [
-        Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
-        Path(skimage.__file__).parent / "data" / "chelsea.png",
-        Path(skimage.__file__).parent / "data" / "coffee.png",
-        Path(skimage.__file__).parent / "data" / "astronaut.png",
-        Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg",
+        *([mpl / "mpl-data" / "sample_data" / "grace_hopper.jpg"] if mpl else []),
+        *([ski / "data" / name for name in ("chelsea.png", "coffee.png", "astronaut.png")] if ski else []),
+        *([skl / "datasets" / "images" / "china.jpg"] if skl else []),
     ]
     out = []
     for src in sources:
@@ -88,7 +89,7 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
         butd("eval", runs / model, "--split", "test", "--beam", 3)
 
     console.rule("[bold]4. captions for real photos (extractor from the run's store manifest, then the model)")
-    photos = shipped_photos(out / "photos")
+    photos = shipped_photos(out / "photos") or sorted((toy / "val2014").glob("*.jpg"))[:3]
     butd("caption", runs / "sat-soft", *photos)
 
     console.rule("[bold]5. VQA: Up-Down with soft scores, the official accuracy")
