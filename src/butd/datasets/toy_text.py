@@ -106,7 +106,8 @@ def caption_candidates(
     if n == 1:
         pos = _position(objs[0], width)
         where = "in the middle" if pos == "middle" else f"on the {pos}"
-        spatial += [f"{_np(objs[0])} {where} of the image", f"the {objs[0].colour} {objs[0].shape} is {where}"]
+        spatial += [f"{_np(objs[0])} {where} of the image",
+                    f"the {objs[0].colour} {objs[0].shape} is {where}"]
     else:
         i = int(rng.integers(n - 1))
         a, b = objs[i], objs[i + 1]
@@ -204,7 +205,8 @@ def make_questions(
 def normalize_answer(ans: str) -> str:
     """Light version of the VQA answer normalisation (case, punctuation, articles, number words)."""
     words = re.sub(r"[^\w\s]", "", ans.lower()).split()
-    words = [str(NUMBER_WORDS.index(w)) if w in NUMBER_WORDS else w for w in words if w not in ("a", "an", "the")]
+    words = [str(NUMBER_WORDS.index(w)) if w in NUMBER_WORDS else w
+             for w in words if w not in ("a", "an", "the")]
     return " ".join(words)
 
 
