@@ -14,13 +14,7 @@ from butd.models.updown_vqa import UpDownVQA, UpDownVQAConfig, load_glove, vqa_l
 SMALL = UpDownVQAConfig(word_dim=12, hidden_dim=16, attention_dim=10, joint_dim=14, classifier_dim=9)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is much faster than contending for busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(b: int = 3, k: int = 5, d: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:

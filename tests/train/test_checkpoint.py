@@ -27,13 +27,7 @@ from butd.train.loop import (
 CFG = UpDownVQAConfig(word_dim=8, hidden_dim=12, attention_dim=8, joint_dim=10, classifier_dim=8, dropout=0.3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is much faster than contending for busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Synthetic(Dataset):

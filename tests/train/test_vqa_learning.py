@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
@@ -57,12 +56,7 @@ def _by_category(paths: VQAPaths, preds: dict[int, str]) -> dict[str, tuple[floa
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _learn(tmp_path: Path, n_images: int, epochs: int) -> dict[str, tuple[float, float]]:
