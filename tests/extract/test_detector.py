@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from butd.extract import bua_heads as H
-from butd.extract.detector import PIXEL_MEANS_BGR, RANDOM_WARNING, BUTDExtractor, Preprocessor
+from butd.extract.detector import PIXEL_MEANS_BGR, RANDOM_WARNING, BUTDExtractor, Preprocessor, box_scale
 from butd.extract.resnet_c4 import FrozenBatchNorm2d, Stem, caffe_pool_size
 from butd.shards.spec import validate_record
 
@@ -39,20 +40,17 @@ def rec0(ex):
 
 
 @contextlib.contextmanager
-def settings(ex, *, proposals=None, **attrs):
-    """Temporarily change extractor attributes / the RPN post-NMS top-k of the shared model."""
+def settings(ex, *, proposals=None, **policy):
+    """Temporarily change the selection policy's fields / the RPN post-NMS top-k of the shared model."""
     cfg = ex.model.proposal_generator.cfg
-    old = {k: getattr(ex, k) for k in attrs}, cfg["post_nms_topk"]
+    old = ex.policy, cfg["post_nms_topk"]
     try:
-        for k, v in attrs.items():
-            setattr(ex, k, v)
+        ex.policy = dataclasses.replace(ex.policy, **policy)
         if proposals:
             cfg["post_nms_topk"] = proposals
         yield ex
     finally:
-        for k, v in old[0].items():
-            setattr(ex, k, v)
-        cfg["post_nms_topk"] = old[1]
+        ex.policy, cfg["post_nms_topk"] = old
 
 
 def test_record_is_a_valid_region_record(rec0):
@@ -196,7 +194,7 @@ def test_given_boxes_pool_at_scaled_coordinates(ex):
     m = ex.model
     with torch.inference_mode():
         feats = m.backbone(torch.from_numpy(p["image"])[None])
-        manual = m.roi_heads.pooled_features(feats, [torch.from_numpy(boxes) * p["scale"]])
+        manual = m.roi_heads.pooled_features(feats, [torch.from_numpy(boxes) * box_scale(p["scale"], "cpu")])
     np.testing.assert_allclose(rec["features"], manual.numpy(), rtol=1e-5, atol=1e-5)
 
 

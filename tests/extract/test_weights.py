@@ -198,3 +198,54 @@ def test_safetensors_key_mismatch_and_bad_file(tmp_path):
         W.load_detector(tmp_path / "x.safetensors")
     with pytest.raises(W.WeightsError, match=".safetensors"):
         W.convert_checkpoint(tmp_path / "x.safetensors", tmp_path / "out.bin")
+
+
+# ---- detectron2 buffers: cell anchors (checked against ours), pixel mean / std -------------------
+D2_V021_ANCHORS = {  # detectron2 DefaultAnchorGenerator.generate_cell_anchors, written out by hand
+    "d2": [(s, r) for s in (64, 128, 256, 512) for r in (0.5, 1.0, 2.0)],
+    "caffe": [(s, r) for s in (4, 8, 16, 32) for r in (0.5, 1.0, 2.0)],
+}
+
+
+def _anchors(layout):
+    rows = []
+    for s, r in D2_V021_ANCHORS[layout]:
+        w = (s * s / r) ** 0.5
+        rows.append([-w / 2, -r * w / 2, w / 2, r * w / 2])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["d2", "caffe"])
+def test_stored_anchors_equal_to_ours_are_accepted_and_dropped(layout):
+    state = {W.ANCHOR_PREFIX + "0": _anchors(layout),
+             "pixel_mean": torch.tensor([102.9801, 115.9465, 122.7717]).view(3, 1, 1),
+             "pixel_std": torch.ones(3, 1, 1), "backbone.x": torch.zeros(1)}
+    removed = W.check_buffers(state, layout, "ck.pth")
+    assert sorted(removed) == sorted([W.ANCHOR_PREFIX + "0", "pixel_mean", "pixel_std"])
+    assert list(state) == ["backbone.x"]
+
+
+def test_stored_anchors_of_the_other_layout_are_refused_in_one_line():
+    for layout, other in (("d2", "caffe"), ("caffe", "d2")):
+        with pytest.raises(W.WeightsError) as e:
+            W.check_buffers({W.ANCHOR_PREFIX + "0": _anchors(other)}, layout, "ck.pth")
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith("ck.pth: stored cell anchors") and "not converted" in msg
+    with pytest.raises(W.WeightsError, match="feature maps"):
+        W.check_buffers({W.ANCHOR_PREFIX + "0": _anchors("d2"), W.ANCHOR_PREFIX + "1": _anchors("d2")}, "d2", "x")
+
+
+@pytest.mark.parametrize("key,value", [("pixel_mean", [103.53, 116.28, 123.675]), ("pixel_std", [57.4, 57.1, 58.4])])
+def test_other_pixel_normalisation_is_refused(key, value):
+    with pytest.raises(W.WeightsError, match=f"^x.pkl: {key} "):
+        W.check_buffers({key: torch.tensor(value)}, "d2", "x.pkl")
+
+
+def test_convert_refuses_mismatched_anchors_and_writes_nothing(pkl_source, tmp_path):
+    src, state = pkl_source
+    bad = tmp_path / "bad.pkl"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": {**state, W.ANCHOR_PREFIX + "0": _anchors("caffe").numpy()}, "__author__": "t"}, f)
+    with pytest.raises(W.WeightsError, match="stored cell anchors"):
+        W.convert_checkpoint(bad, tmp_path / "out.safetensors")
+    assert not list(tmp_path.glob("out.safetensors*"))

@@ -8,8 +8,10 @@ Two checkpoint layouts are supported (values looked up in the public repositorie
   anchors are detectron2's (sizes 64..512 px, offset 0), boxes without the "+1" pixel convention.
 * ``"caffe"`` — bottom-up-attention.pytorch's ``bua-caffe-frcn-r101_with_attributes.pth`` (the Caffe
   layout): RPN objectness has 2A channels (2-way softmax, background block first); class 0 / attribute
-  0 are background; 1601 class-specific deltas; ROI box weights (1, 1, 1, 1); Caffe
-  ``generate_anchors`` (base 16, scales 4..32) and the "+1" width convention with clipping to w-1.
+  0 are background; 1601 class-specific deltas; ROI box weights (1, 1, 1, 1); the "+1" width convention
+  with clipping to w-1. Anchors: what bottom-up-attention.pytorch runs, read at its pinned detectron2
+  (v0.2.1, be792b9): ``DefaultAnchorGenerator`` with its config's ``SIZES [[4, 8, 16, 32]]`` as pixel
+  sizes, ratios (0.5, 1, 2), offset 0, size-major (see features_spec.md, "Detector checkpoints").
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ class Layout:
     bbox_classes: int  # number of class-specific delta groups
     roi_box_weights: tuple[float, float, float, float]
     pixel_offset: float  # 1.0: Caffe "+1" widths and clip to size-1; 0.0: detectron2
+    anchor_sizes: tuple[float, ...]  # detectron2 ANCHOR_GENERATOR.SIZES (pixels, sqrt of the area)
 
 
 LAYOUTS = {
-    "d2": Layout("d2", False, False, NUM_CLASSES, (10.0, 10.0, 5.0, 5.0), 0.0),
-    "caffe": Layout("caffe", True, True, NUM_CLASSES + 1, (1.0, 1.0, 1.0, 1.0), 1.0),
+    # py-bottom-up-attention configs/VG-Detection/faster_rcnn_R_101_C4_attr_caffemaxpool.yaml SIZES
+    "d2": Layout("d2", False, False, NUM_CLASSES, (10.0, 10.0, 5.0, 5.0), 0.0, (64, 128, 256, 512)),
+    # bottom-up-attention.pytorch configs/caffe/*.yaml (and configs/bua-caffe/*.yaml) SIZES
+    "caffe": Layout("caffe", True, True, NUM_CLASSES + 1, (1.0, 1.0, 1.0, 1.0), 1.0, (4, 8, 16, 32)),
 }
 
 RPN_DEFAULTS = {
-    "anchor_sizes": (64, 128, 256, 512),  # d2 config SIZES; = Caffe scales (4, 8, 16, 32) x 16
     "aspect_ratios": (0.5, 1.0, 2.0),
     "stride": 16,
     "pre_nms_topk": 6000,
@@ -66,7 +70,8 @@ def d2_cell_anchors(sizes, ratios) -> torch.Tensor:
 
 
 def caffe_cell_anchors(stride: int, ratios, scales) -> torch.Tensor:
-    """py-faster-rcnn generate_anchors: ratio-major then scale, integer-rounded, "+1" widths."""
+    """py-faster-rcnn generate_anchors: ratio-major then scale, integer-rounded, "+1" widths. (The Caffe
+    original's anchors; bottom-up-attention.pytorch does not use them, see the module docstring.)"""
     base = stride
     ctr = 0.5 * (base - 1)
     out = []
@@ -151,12 +156,8 @@ class RPN(nn.Module):
     def __init__(self, layout: Layout, cfg: dict | None = None):
         super().__init__()
         self.layout = layout
-        self.cfg = dict(RPN_DEFAULTS, **(cfg or {}))
-        if layout.name == "caffe":
-            scales = [s / self.cfg["stride"] for s in self.cfg["anchor_sizes"]]
-            cell = caffe_cell_anchors(self.cfg["stride"], self.cfg["aspect_ratios"], scales)
-        else:
-            cell = d2_cell_anchors(self.cfg["anchor_sizes"], self.cfg["aspect_ratios"])
+        self.cfg = dict(RPN_DEFAULTS, anchor_sizes=layout.anchor_sizes, **(cfg or {}))
+        cell = d2_cell_anchors(self.cfg["anchor_sizes"], self.cfg["aspect_ratios"])  # both layouts: detectron2's
         self.register_buffer("cell_anchors", cell, persistent=False)
         self.rpn_head = RPNHead(1024, 512, cell.shape[0], softmax=layout.rpn_softmax)
 
@@ -169,10 +170,12 @@ class RPN(nn.Module):
         for i, (h, w) in enumerate(sizes):
             s = scores[i].float()
             k = min(self.cfg["pre_nms_topk"], s.numel())
-            if off:  # Caffe: decode all, clip, drop small boxes, then top-k
+            if off:  # bottom-up-attention.pytorch find_top_bua_rpn_proposals: decode all, clip, drop
+                # inverted boxes, drop boxes whose +1 side is not > min_size * scale, then top-k
                 boxes = clip_boxes(apply_deltas(deltas[i].float(), anchors, offset=off), h, w, off)
                 ws, hs = boxes[:, 2] - boxes[:, 0] + off, boxes[:, 3] - boxes[:, 1] + off
-                keep = (ws >= self.cfg["min_size"] * scales[i]) & (hs >= self.cfg["min_size"] * scales[i])
+                keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                keep &= (ws > self.cfg["min_size"] * scales[i]) & (hs > self.cfg["min_size"] * scales[i])
                 boxes, s = boxes[keep], s[keep]
                 s, order = s.sort(descending=True)
                 s, boxes = s[:k], boxes[order[:k]]

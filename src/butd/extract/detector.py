@@ -7,13 +7,11 @@ the adapter the extraction runner uses (registered as "bua-r101").
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_pool
 
@@ -23,42 +21,22 @@ from butd.extract.bua_heads import (
     BoxPredictor,
     apply_deltas,
     clip_boxes,
-    per_class_max_conf,
-    select_boxes,
+)
+from butd.extract.preprocess import (
+    PIXEL_MEANS_BGR,
+    TEST_MAX_SIZE,
+    TEST_SCALE,
+    CaffePreprocessor,
+    build_preprocessor,
 )
 from butd.extract.resnet_c4 import ResNetC4, make_res5
+from butd.extract.selection import build_policy
 
-# Caffe cfg.PIXEL_MEANS (BGR) = py-bottom-up-attention / bua-caffe MODEL.PIXEL_MEAN
-PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
-TEST_SCALE = 600  # TEST.SCALES = (600,)
-TEST_MAX_SIZE = 1000
+Preprocessor = CaffePreprocessor  # the default of older call sites; extractors pick by layout
+
 POOLER_RESOLUTION = 14  # roi_pool5 pooled_w/h, spatial_scale 1/16
 FEATURE_STRIDE = 16
-CLASS_NMS = 0.3  # TEST.NMS used by generate_tsv.py
 RANDOM_WARNING = "random weights: features are meaningless, for tests only"
-
-
-@dataclass(frozen=True)
-class Preprocessor:
-    """RGB uint8 [H, W, 3] -> mean-subtracted BGR float32 [3, h, w] resized as Caffe's _get_blobs."""
-
-    scale: int = TEST_SCALE
-    max_size: int = TEST_MAX_SIZE
-
-    def __call__(self, image: np.ndarray) -> dict[str, Any]:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
-        h, w = image.shape[:2]
-        im_scale = self.scale / min(h, w)
-        if round(im_scale * max(h, w)) > self.max_size:
-            im_scale = self.max_size / max(h, w)
-        nh, nw = int(round(h * im_scale)), int(round(w * im_scale))
-        x = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).float()
-        x = (x - torch.tensor(PIXEL_MEANS_BGR)).permute(2, 0, 1)[None]
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-        return {"image": x[0].contiguous().numpy(), "scale": float(im_scale), "orig_hw": (int(h), int(w))}
 
 
 class ROIHeads(nn.Module):
@@ -111,28 +89,28 @@ class BUTDDetector(nn.Module):
         return pooled, logits, deltas, attr
 
     # -- inference ------------------------------------------------------------------------------
-    def run(self, images: list[torch.Tensor], scales: list[float], orig_hw: list[tuple[int, int]],
-            given: list[torch.Tensor | None] | None = None, *, min_boxes: int = 10, max_boxes: int = 100,
-            conf_thresh: float = 0.2, box_source: str = "proposals", batched: bool = True):
-        """images: mean-subtracted BGR [3, h, w] on the model's device; ``given[i]``: boxes in
-        original pixels for image i (features for exactly those), else detect. One record per image."""
-        if box_source not in ("proposals", "regressed"):
-            raise ValueError(f"box_source must be 'proposals' or 'regressed', got {box_source!r}")
+    def run(self, images: list[torch.Tensor], scales: list, orig_hw: list[tuple[int, int]],
+            given: list[torch.Tensor | None] | None = None, *, policy=None, batched: bool = True):
+        """images: mean-subtracted BGR [3, h, w] on the model's device; ``scales[i]``: resize factor of
+        image i (a float, or per-axis ``(sx, sy)``); ``given[i]``: boxes in original pixels for image i
+        (features for exactly those), else detect and select with ``policy`` (default: ``caffe``)."""
+        policy = policy or build_policy("caffe")
         given = list(given) if given is not None else [None] * len(images)
         out: list[dict | None] = [None] * len(images)
         for idx, feats in self.backbone_groups(images, batched):
             sizes = [tuple(images[i].shape[-2:]) for i in idx]
+            sxy = [box_scale(scales[i], feats.device) for i in idx]
             todo = [j for j, i in enumerate(idx) if given[i] is None]
             props: list[torch.Tensor | None] = [None] * len(idx)
-            if todo:
+            if todo:  # the RPN's min size (caffe layout) scales with the (isotropic) caffe scale
                 found = self.proposal_generator(feats[todo].float(), [sizes[j] for j in todo],
-                                                [scales[idx[j]] for j in todo])
+                                                [float(sxy[j][1]) for j in todo])
                 for j, p in zip(todo, found):
                     props[j] = p
             for j, i in enumerate(idx):
                 if given[i] is not None:
                     g = torch.as_tensor(given[i], dtype=torch.float32, device=feats.device).reshape(-1, 4)
-                    given[i], props[j] = g, g * scales[i]
+                    given[i], props[j] = g, g * sxy[j]
             pooled, logits, deltas, attr = self.heads(feats, props)
             counts = [len(p) for p in props]
             parts = zip(pooled.split(counts), logits.split(counts), deltas.split(counts), attr.split(counts))
@@ -140,15 +118,15 @@ class BUTDDetector(nn.Module):
                 if given[i] is not None:
                     out[i] = self._given(given[i], pl, lg, at, orig_hw[i])
                 else:
-                    out[i] = self._select(pl, lg, dl, at, props[j], scales[i], orig_hw[i], sizes[j],
-                                          min_boxes, max_boxes, conf_thresh, box_source)
+                    out[i] = self._select(pl, lg, dl, at, props[j], sxy[j], orig_hw[i], sizes[j], policy)
         return out
 
-    def forward_boxes(self, image: torch.Tensor, boxes, scale: float = 1.0,
+    def forward_boxes(self, image: torch.Tensor, boxes, scale=1.0,
                       orig_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
         """Features for boxes given in original-image pixels (one per box); ``image`` preprocessed."""
         if orig_hw is None:
-            orig_hw = tuple(int(round(v / scale)) for v in image.shape[-2:])
+            s = box_scale(scale, "cpu")
+            orig_hw = (int(round(image.shape[-2] / float(s[1]))), int(round(image.shape[-1] / float(s[0]))))
         return self.run([image], [scale], [orig_hw], [boxes])[0]
 
     def _given(self, boxes, pooled, logits, attr, orig_hw):
@@ -157,28 +135,41 @@ class BUTDDetector(nn.Module):
         attr_conf, attr_id = attr_probs.max(dim=1)
         return _record(boxes, pooled, orig_hw, obj_id, obj_conf, attr_id, attr_conf)
 
-    def _select(self, pooled, logits, deltas, attr, props, scale, orig_hw, img_hw,
-                min_boxes, max_boxes, conf_thresh, box_source):
-        """generate_tsv.py box selection over one image's proposals."""
+    def _select(self, pooled, logits, deltas, attr, props, sxy, orig_hw, img_hw, policy):
+        """One image's proposals -> the record ``policy`` selects (see butd.extract.selection)."""
         bp = self.roi_heads.box_predictor
         probs, attr_probs = bp.probabilities(logits, attr)
         off = self.layout.pixel_offset
-        boxes_orig = props.float() / scale
-        max_conf = per_class_max_conf(boxes_orig, probs, CLASS_NMS, off)
-        keep = select_boxes(max_conf, conf_thresh, min_boxes, max_boxes)
-        obj_conf, obj_id = probs[keep].max(dim=1)
-        attr_conf, attr_id = attr_probs[keep].max(dim=1)
-        if box_source == "regressed":
+        wts = self.layout.roi_box_weights
+        props = props.float()
+        boxes_orig = props / sxy
+
+        def class_deltas(keep, cls):
             d = bp.class_deltas(deltas[keep].float()).view(len(keep), -1, 4)
-            d = d[torch.arange(len(keep), device=d.device), obj_id]
-            wts = self.layout.roi_box_weights
+            return d[torch.arange(len(keep), device=d.device), cls]
+
+        def regressed_resized(keep, cls):
+            return clip_boxes(apply_deltas(class_deltas(keep, cls), props[keep], wts, off), *img_hw, off)
+
+        def regressed(keep, cls):
             if off:  # Caffe im_detect decodes in original pixels
-                boxes = clip_boxes(apply_deltas(d, boxes_orig[keep], wts, off), *orig_hw, off)
-            else:  # detectron2 decodes in the resized image, then rescales
-                boxes = clip_boxes(apply_deltas(d, props[keep].float(), wts), *img_hw) / scale
-        else:  # clipped: rounding of the resized size can overshoot the original by < 1/scale
-            boxes = clip_boxes(boxes_orig[keep], orig_hw[0], orig_hw[1], off)
-        return _record(boxes, pooled[keep], orig_hw, obj_id, obj_conf, attr_id, attr_conf)
+                return clip_boxes(apply_deltas(class_deltas(keep, cls), boxes_orig[keep], wts, off), *orig_hw, off)
+            # detectron2 decodes in the resized image, then detector_postprocess rescales and clips
+            return clip_boxes(regressed_resized(keep, cls) / sxy, *orig_hw)
+
+        kw = {"regressed_resized": regressed_resized} if policy.name != "caffe" else {}
+        sel = policy(probs, boxes_orig, regressed, orig_hw, off, **kw)
+        attr_conf, attr_id = attr_probs[sel.keep].max(dim=1)
+        return _record(sel.boxes, pooled[sel.keep], orig_hw, sel.obj_id, sel.obj_conf, attr_id, attr_conf)
+
+
+def box_scale(scale, device) -> torch.Tensor:
+    """(4,) multipliers original -> resized pixels for x1 y1 x2 y2, from a float or ``(sx, sy)``."""
+    if isinstance(scale, (list, tuple, np.ndarray)):
+        sx, sy = (float(v) for v in scale)
+    else:
+        sx = sy = float(scale)
+    return torch.tensor([sx, sy, sx, sy], dtype=torch.float32, device=device)
 
 
 def _record(boxes, feats, orig_hw, obj_id, obj_conf, attr_id, attr_conf) -> dict[str, np.ndarray]:
@@ -224,48 +215,56 @@ def random_detector(layout: str = "d2", seed: int = 0, rpn: dict | None = None) 
 
 
 class BUTDExtractor:
-    """Runner adapter: preprocess on CPU workers, ``extract`` batches on the model device."""
+    """Runner adapter: preprocess on CPU workers, ``extract`` batches on the model device.
+
+    Preprocessing follows the checkpoint's layout (``caffe``: cv2-style resize by the scale; ``d2``:
+    detectron2's size rule and Pillow bilinear), see butd.extract.preprocess; box selection follows
+    the named ``boxes_policy`` (see butd.extract.selection). Both are recorded in ``config_dict``.
+    """
 
     name = "bua-r101"
     kind = "region"
 
     def __init__(self, weights: str | Path | None = None, *, device: str | torch.device = "cpu",
                  min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2,
-                 box_source: str = "proposals", fp16: bool = False, seed: int = 0,
-                 rpn: dict | None = None, test_scale: int = TEST_SCALE, test_max_size: int = TEST_MAX_SIZE):
+                 box_source: str | None = None, boxes_policy: str = "caffe", fp16: bool = False, seed: int = 0,
+                 rpn: dict | None = None, test_scale: int = TEST_SCALE, test_max_size: int = TEST_MAX_SIZE,
+                 layout: str = "d2"):
         """``rpn`` / ``test_scale`` / ``test_max_size`` override the published test settings
-        (tests and benchmarks only); ``seed`` seeds random weights. ``fp16`` runs the convolutions
-        under CUDA float16 autocast (ignored on CPU); outputs are float32 either way."""
+        (tests and benchmarks only); ``seed`` / ``layout`` shape random weights. ``fp16`` runs the
+        convolutions under CUDA float16 autocast (ignored on CPU); outputs are float32 either way."""
         from butd.extract.weights import load_detector
 
-        if not 1 <= min_boxes <= max_boxes:
-            raise ValueError("need 1 <= min_boxes <= max_boxes")
-        if box_source not in ("proposals", "regressed"):
-            raise ValueError(f"box_source must be 'proposals' or 'regressed', got {box_source!r}")
+        self.policy = build_policy(boxes_policy, min_boxes=min_boxes, max_boxes=max_boxes,
+                                   conf_thresh=conf_thresh, box_source=box_source)
         if weights is None or str(weights) == "random":
             warnings.warn(RANDOM_WARNING, UserWarning, stacklevel=2)
-            self.model, self.weights_sha256, self.weights_path = random_detector("d2", seed, rpn), None, None
+            self.model, self.weights_sha256, self.weights_path = random_detector(layout, seed, rpn), None, None
         else:
             self.model, self.weights_sha256 = load_detector(weights, rpn)
             self.weights_path = str(weights)
-        self.min_boxes, self.max_boxes, self.conf_thresh = int(min_boxes), int(max_boxes), float(conf_thresh)
-        self.box_source, self.fp16 = box_source, bool(fp16)
-        self._pre = Preprocessor(int(test_scale), int(test_max_size))
+        self.fp16 = bool(fp16)
+        self._pre = build_preprocessor(self.model.layout.name, int(test_scale), int(test_max_size))
         self.device = torch.device("cpu")
         self.to(device)
 
     def config_dict(self) -> dict[str, Any]:
+        import dataclasses
+
         rpn = self.model.proposal_generator.cfg
+        pol = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self.policy).items()}
         return {
             "name": self.name, "layout": self.model.layout.name, "weights": self.weights_path,
-            "min_boxes": self.min_boxes, "max_boxes": self.max_boxes, "conf_thresh": self.conf_thresh,
-            "box_source": self.box_source, "fp16": self.fp16, "pixel_means_bgr": list(PIXEL_MEANS_BGR),
+            "min_boxes": pol.get("min_boxes", pol.get("boxes")), "max_boxes": pol.get("max_boxes", pol.get("boxes")),
+            "conf_thresh": pol.get("conf_thresh"),
+            "box_source": self.policy.box_source, "boxes_policy": pol, "fp16": self.fp16,
+            "preprocess": self._pre.name, "pixel_means_bgr": list(PIXEL_MEANS_BGR),
             "test_scale": self._pre.scale, "test_max_size": self._pre.max_size,
             "pooler_resolution": POOLER_RESOLUTION,
-            "class_nms": CLASS_NMS, "rpn": {k: (list(v) if isinstance(v, tuple) else v) for k, v in rpn.items()},
+            "rpn": {k: (list(v) if isinstance(v, tuple) else v) for k, v in rpn.items()},
         }
 
-    def preprocessor(self) -> Preprocessor:
+    def preprocessor(self):
         return self._pre
 
     def preprocess(self, image_rgb_uint8: np.ndarray) -> dict[str, Any]:
@@ -286,15 +285,13 @@ class BUTDExtractor:
             raise ValueError(f"got {len(boxes)} box arrays for {len(batch)} images")
         # arrays that crossed Ray are read-only: copy into a tensor we own (torch warns on read-only memory)
         images = [torch.from_numpy(np.array(b["image"], dtype=np.float32)).to(self.device) for b in batch]
-        scales = [float(b["scale"]) for b in batch]
+        scales = [b["scale"] for b in batch]
         hws = [tuple(int(v) for v in b["orig_hw"]) for b in batch]
         given = None
         if boxes is not None:
             given = [None if bx is None else torch.as_tensor(np.asarray(bx, dtype=np.float32)) for bx in boxes]
         with torch.inference_mode(), self._autocast():
-            return self.model.run(images, scales, hws, given, min_boxes=self.min_boxes,
-                                  max_boxes=self.max_boxes, conf_thresh=self.conf_thresh,
-                                  box_source=self.box_source, batched=batched)
+            return self.model.run(images, scales, hws, given, policy=self.policy, batched=batched)
 
 
 def build(cfg) -> BUTDExtractor:
@@ -304,8 +301,8 @@ def build(cfg) -> BUTDExtractor:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     extra = dict(cfg.extra or {})
     return BUTDExtractor(cfg.weights, device=device, min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes,
-                         conf_thresh=cfg.conf_thresh, box_source=extra.get("box_source", "proposals"),
-                         fp16=cfg.fp16)
+                         conf_thresh=cfg.conf_thresh, box_source=extra.get("box_source"),
+                         boxes_policy=extra.get("boxes_policy", "caffe"), fp16=cfg.fp16)
 
 
 try:  # register with the extractor registry when it is importable

@@ -8,6 +8,7 @@ import sys
 import click
 
 from butd.extract.registry import ExtractorConfig, names
+from butd.extract.selection import POLICIES
 from butd.extract.sources import DATASETS, iter_source, load_boxes, with_boxes
 
 __all__ = ["extract_cmd"]
@@ -34,6 +35,9 @@ __all__ = ["extract_cmd"]
 @click.option("--conf-thresh", type=float, default=None, help="Detector: keep boxes at least this confident (0.2).")
 @click.option("--box-source", type=click.Choice(["proposals", "regressed"]), default=None,
               help="Detector: store the pooled proposal boxes (as the original) or the class-regressed ones.")
+@click.option("--boxes-policy", type=click.Choice(list(POLICIES)), default=None,
+              help="Detector: box selection of this original (caffe: generate_tsv.py 10-100 / fixed N; "
+                   "airsplay-36: py-bottom-up-attention's 36 boxes). See features_spec.md.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per shard / work unit.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--image-size", type=int, default=None, help="Input side for grid networks.")
@@ -45,7 +49,8 @@ __all__ = ["extract_cmd"]
 def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weights: str | None, out: str,
                 address: str | None, workers: int | None, threads: int | None, fp16: bool | None,
                 boxes_file: str | None, min_boxes: int | None, max_boxes: int | None,
-                conf_thresh: float | None, box_source: str | None, shard_size: int, batch_size: int,
+                conf_thresh: float | None, box_source: str | None, boxes_policy: str | None, shard_size: int,
+                batch_size: int,
                 image_size: int | None, device: str | None, config_file: str | None, no_progress: bool,
                 verify: bool) -> None:
     """Extract features for every image of --dataset under --root into the store --out."""
@@ -60,6 +65,8 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
         cfg = ExtractorConfig(name=extractor).replace(**overrides)
     if box_source:
         cfg = cfg.replace(extra={**cfg.extra, "box_source": box_source})
+    if boxes_policy:
+        cfg = cfg.replace(extra={**cfg.extra, "boxes_policy": boxes_policy})
     if mode is None and not (config_file and "mode" in _yaml_keys(config_file)):
         cfg = cfg.replace(mode="detect" if extractor.startswith("bua") else "grid")
     items = iter_source(dataset, root, mode=cfg.mode)

@@ -44,7 +44,9 @@ def extract_files(config: dict[str, Any], paths: list[str | Path], *, device: st
     """
     known = {f.name for f in dataclasses.fields(ExtractorConfig)}
     cfg = ExtractorConfig.from_dict({k: v for k, v in config.items() if k in known})  # the rest is derived
-    cfg = cfg.replace(device=device)
+    pol = config.get("boxes_policy")
+    extra = {"box_source": config.get("box_source"), "boxes_policy": pol.get("name") if isinstance(pol, dict) else pol}
+    cfg = cfg.replace(device=device, extra={**cfg.extra, **{k: v for k, v in extra.items() if v}})
     extractor = build_extractor(cfg.name, cfg)
     if weights_sha256 and extractor.weights_sha256 and extractor.weights_sha256 != weights_sha256:
         warnings.warn(f"{cfg.name}: weights sha256 {extractor.weights_sha256[:12]}… differ from the store's "

@@ -32,8 +32,10 @@ RENAMES = {
     "roi_heads.box_predictor.attr_linear1.": "roi_heads.box_predictor.fc_attr.",
     "roi_heads.box_predictor.attr_linear2.": "roi_heads.box_predictor.attr_score.",
 }
-DROPPED_SUFFIXES = ("num_batches_tracked",)
-DROPPED_NAMES = ("pixel_mean", "pixel_std")
+DROPPED_SUFFIXES = ("num_batches_tracked",)  # BatchNorm step counters (bottom-up-attention.pytorch's "BN")
+# detectron2 buffers that older releases (v0.2.1, bottom-up-attention.pytorch's pin) save: checked, not kept
+PIXEL_KEYS = ("pixel_mean", "pixel_std")
+ANCHOR_PREFIX = "proposal_generator.anchor_generator.cell_anchors."
 OBJECTNESS_KEY = "proposal_generator.rpn_head.objectness_logits.weight"
 
 
@@ -69,7 +71,7 @@ def normalize_names(state: dict) -> tuple[dict[str, torch.Tensor], list[str], in
         name = str(name)
         if name.startswith("module."):
             name = name[len("module."):]
-        if name.endswith(DROPPED_SUFFIXES) or name in DROPPED_NAMES:
+        if name.endswith(DROPPED_SUFFIXES):
             dropped.append(name)
             continue
         for old, new in RENAMES.items():
@@ -89,6 +91,40 @@ def infer_layout(state: dict[str, torch.Tensor]) -> str:
     if w is None:
         raise WeightsError(f"not a BUTD detector checkpoint: no {OBJECTNESS_KEY}")
     return "caffe" if w.shape[0] == 24 else "d2"
+
+
+def check_buffers(state: dict[str, torch.Tensor], layout: str, origin: str) -> list[str]:
+    """Check, then remove, the detectron2 buffers a state dict may carry: stored cell anchors must equal
+    the layout's (else the RPN weights belong to other anchors), pixel_mean must be the BGR means and
+    pixel_std all ones. Returns the names removed; raises WeightsError with one line on a mismatch."""
+    from butd.extract.bua_heads import LAYOUTS, RPN_DEFAULTS, d2_cell_anchors
+    from butd.extract.preprocess import PIXEL_MEANS_BGR
+
+    removed = []
+    anchors = sorted(k for k in state if k.startswith(ANCHOR_PREFIX))
+    if anchors:
+        if anchors != [ANCHOR_PREFIX + "0"]:
+            raise WeightsError(f"{origin}: anchors for {len(anchors)} feature maps ({', '.join(anchors)}); the "
+                               "bua-r101 detector has one (res4): not a BUTD C4 checkpoint")
+        lay = LAYOUTS[layout]
+        ours = d2_cell_anchors(lay.anchor_sizes, RPN_DEFAULTS["aspect_ratios"])
+        got = state[anchors[0]].float()
+        if tuple(got.shape) != tuple(ours.shape) or not torch.allclose(got, ours, atol=1e-3, rtol=0):
+            raise WeightsError(
+                f"{origin}: stored cell anchors {np.round(got.numpy(), 1).tolist()} differ from the {layout} "
+                f"layout's (detectron2 sizes {list(lay.anchor_sizes)}, ratios 0.5/1/2, offset 0): its RPN "
+                "was trained for other anchors, so butd would propose wrong boxes; not converted")
+        removed.append(anchors[0])
+    for key, want in (("pixel_mean", PIXEL_MEANS_BGR), ("pixel_std", (1.0, 1.0, 1.0))):
+        if key in state:
+            v = state[key].float().flatten()
+            if v.numel() != 3 or not torch.allclose(v, torch.tensor(want), atol=1e-3, rtol=0):
+                raise WeightsError(f"{origin}: {key} {v.tolist()} is not {list(want)} (BGR, the published "
+                                   "models' value); butd subtracts exactly those means: not converted")
+            removed.append(key)
+    for k in removed:
+        del state[k]
+    return removed
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -123,6 +159,7 @@ def convert_checkpoint(src: str | Path, dest: str | Path) -> dict[str, Any]:
         raise WeightsError(f"destination must end in .safetensors, got {dest.name}")
     state, dropped, renamed = normalize_names(_read_source(src))
     layout = infer_layout(state)
+    dropped += check_buffers(state, layout, str(src))
     check_state(BUTDDetector(layout), state, str(src))
     src_sha = hashlib.sha256(src.read_bytes()).hexdigest()
     dest.parent.mkdir(parents=True, exist_ok=True)
