@@ -140,3 +140,312 @@ def test_backbone_rpn_pooled_and_scores_match(pair, image):
     close(logits, t_logits)
     close(deltas, t_deltas)
     close(F.softmax(logits, -1), F.softmax(t_logits, -1))
+
+
+# =================================================================================================
+# End to end: photo -> preprocessing -> proposals -> selection -> stored record, through the CLI.
+# detectron2's own model (seeded weights) is saved by detectron2's Checkpointer as a real state dict
+# (cell anchors and pixel mean/std made persistent, as detectron2 v0.2.1 saved them), converted with
+# `butd weights convert`, extracted with `butd extract`; the reference is detectron2's pipeline
+# (d2 layout) or an independent cv2 + bottom-up-attention.pytorch reference (caffe layout).
+# =================================================================================================
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from torchvision.ops import nms  # noqa: E402
+
+from butd.extract.images import load_image  # noqa: E402
+
+IOU_MIN, FEAT_RTOL = 0.99, 1e-3
+ATTR = ("cls_embedding", "fc_attr", "attr_score")
+RESULTS: dict[str, list] = {}
+
+
+def _butd(*args, cwd=None):
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"), env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", "from butd.cli import main; main()", *map(str, args)],
+                         capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The shipped photos plus 5 real photos at odd sizes (crops / resizes of them), as lossless PNGs."""
+    from PIL import Image
+
+    from butd.demo import shipped_photos
+
+    d = tmp_path_factory.mktemp("photos")
+    src = shipped_photos(tmp_path_factory.mktemp("shipped"))
+    if len(src) < 5:
+        pytest.skip("needs the shipped photos of the [dev] extras")
+    ims = {p.stem: Image.fromarray(load_image(p).array) for p in src}
+    for k, im in ims.items():
+        im.save(d / f"{k}.png")
+    odd = {"hopper_599x1001": ims["grace_hopper"].resize((1001, 599)),  # ~600 short, shrunk a hair
+           "coffee_crop_217x389": ims["coffee"].crop((61, 40, 450, 257)),  # upscaled x2.76
+           "astronaut_1500x700": ims["astronaut"].resize((700, 1500)),  # long side capped
+           "china_crop_600x733": ims["china"].resize((733, 600)),  # already 600: no resize
+           "chelsea_97x1003": ims["chelsea"].resize((1003, 97))}  # extreme aspect, capped
+    for k, im in odd.items():
+        im.save(d / f"{k}.png")
+    return d
+
+
+def _d2_model(seed):
+    ours = random_detector("d2", seed=seed).eval()
+    cfg, fork = d2_config()
+    model = build_model(cfg).eval()
+    if not fork:
+        patch_stock(model)
+        bp = model.roi_heads.box_predictor  # the attribute head py-bottom-up-attention adds
+        bp.cls_embedding, bp.fc_attr, bp.attr_score = (ours.roi_heads.box_predictor.cls_embedding,
+                                                      ours.roi_heads.box_predictor.fc_attr,
+                                                      ours.roi_heads.box_predictor.attr_score)
+    model.load_state_dict(ours.state_dict(), strict=False)
+    return model
+
+
+def _persist_buffers(model):
+    """Make detectron2 0.6's non-persistent cell anchors / pixel mean+std persistent (v0.2.1 saved them)."""
+    model.proposal_generator.anchor_generator.cell_anchors._non_persistent_buffers_set.clear()
+    model._non_persistent_buffers_set.clear()
+
+
+@pytest.fixture(scope="module")
+def d2_setup(tmp_path_factory):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    d = tmp_path_factory.mktemp("d2ck")
+    model = _d2_model(seed=3)
+    _persist_buffers(model)
+    DetectionCheckpointer(model, save_dir=str(d)).save("model_final", __author__="butd-parity")
+    saved = torch.load(d / "model_final.pth", weights_only=True)
+    assert "proposal_generator.anchor_generator.cell_anchors.0" in saved["model"] and "pixel_mean" in saved["model"]
+    out = _butd("weights", "convert", d / "model_final.pth", d / "w.safetensors")
+    assert "layout d2" in out
+    return model, d / "w.safetensors"
+
+
+def _extract(photos, weights, out, *extra):
+    _butd("extract", "--dataset", "folder", "--root", photos, "--extractor", "bua-r101", "--weights", weights,
+          "--out", out, "--workers", "1", "--threads", "2", "--batch-size", "2", "--no-progress", *extra)
+    from butd.shards import FeatureStore
+
+    store = FeatureStore(out)
+    man = json.loads((Path(out) / "manifest.json").read_text())
+    return {k: store[k] for k in store}, man
+
+
+def _iou(a, b):
+    from torchvision.ops import box_iou
+
+    return box_iou(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+
+
+def _compare(name, got, ref, layout):
+    """Same count; every box matched one-to-one at IoU >= 0.99; equal ids; features within 1e-3."""
+    n = int(got["num_boxes"])
+    assert n == len(ref["boxes"]), f"{name}: {n} boxes vs {len(ref['boxes'])}"
+    iou = _iou(got["boxes"], ref["boxes"])
+    match = iou.argmax(1)
+    assert len(set(match.tolist())) == n and float(iou.max(1).values.min()) >= IOU_MIN, name
+    feats = torch.as_tensor(np.asarray(got["features"], np.float32))
+    rel = float(((feats - ref["features"][match]).abs().amax(1) / ref["features"][match].abs().amax(1)).max())
+    assert rel <= FEAT_RTOL, f"{name}: max relative feature difference {rel}"
+    assert np.array_equal(got["objects_id"], ref["objects_id"][match].numpy()), name
+    assert np.array_equal(got["attrs_id"], ref["attrs_id"][match].numpy()), name
+    RESULTS.setdefault(layout, []).append((name, n, f"{n}/{n}", float(iou.max(1).values.min()), rel))
+
+
+def _attrs(w_emb, fc, score, pooled, logits, bg_first):
+    """The VG attribute head: embedding of the argmax class ++ pooled -> fc ReLU -> scores."""
+    x = torch.cat([pooled, w_emb[logits.argmax(1)]], 1)
+    a = torch.relu(x @ fc[0].t() + fc[1]) @ score[0].t() + score[1]
+    p = torch.softmax(a, 1)[:, 1:] if bg_first else torch.softmax(a[:, :-1], 1)
+    return p.max(1)
+
+
+def _caffe_rule(boxes_orig, fg, offset):
+    """generate_tsv.py: per-class NMS 0.3, max kept score per box, >= 0.2, 10..100."""
+    b = boxes_orig.clone()
+    b[:, 2:] += offset
+    conf = torch.zeros(len(b))
+    for c in range(fg.shape[1]):
+        k = nms(b, fg[:, c], 0.3)
+        conf[k] = torch.maximum(conf[k], fg[k, c])
+    order = torch.argsort(conf, descending=True)
+    keep = torch.nonzero(conf >= 0.2).flatten()
+    return order[:10] if len(keep) < 10 else order[:100] if len(keep) > 100 else keep
+
+
+@torch.inference_mode()
+def d2_reference(model, rgb, policy="caffe"):
+    """py-bottom-up-attention's pipeline with detectron2's own modules."""
+    from detectron2.data import transforms as T
+    from detectron2.modeling.postprocessing import detector_postprocess
+    from detectron2.structures import Instances
+
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    h, w = bgr.shape[:2]
+    im = T.ResizeShortestEdge([600, 600], 1000).get_transform(bgr).apply_image(bgr)
+    images = model.preprocess_image([{"image": torch.as_tensor(im.astype("float32").transpose(2, 0, 1))}])
+    feats = model.backbone(images.tensor)
+    props, _ = model.proposal_generator(images, feats, None)
+    pooled = model.roi_heads._shared_roi_transform([feats["res4"]], [props[0].proposal_boxes]).mean(dim=[2, 3])
+    logits, deltas = model.roi_heads.box_predictor(pooled)[:2]
+    bp = model.roi_heads.box_predictor
+    probs = torch.softmax(logits, 1)[:, :-1]
+    ih, iw = images.image_sizes[0]
+
+    def to_orig(b):
+        inst = Instances((ih, iw))
+        inst.pred_boxes = Boxes(b.clone())
+        return detector_postprocess(inst, h, w).pred_boxes.tensor
+
+    if policy == "caffe":
+        boxes_orig = to_orig(props[0].proposal_boxes.tensor)
+        keep = _caffe_rule(boxes_orig, probs, 0.0)
+        boxes = boxes_orig[keep]
+    else:  # detectron2_mscoco_proposal_maxnms.py
+        reg = bp.predict_boxes((logits, deltas), props)[0].view(-1, 1600, 4)
+        reg = Boxes(reg.reshape(-1, 4))
+        reg.clip((ih, iw))
+        reg = reg.tensor.view(-1, 1600, 4)
+        mx, cls = probs.max(1)
+        mb = reg[torch.arange(len(reg)), cls]
+        for t in np.arange(0.3, 1.0, 0.1):
+            keep = nms(mb, mx, float(t))[:36]
+            if len(keep) >= 36:
+                break
+        boxes = to_orig(mb[keep])
+    conf, oid = probs[keep].max(1)
+    aconf, aid = _attrs(bp.cls_embedding.weight, (bp.fc_attr.weight, bp.fc_attr.bias),
+                        (bp.attr_score.weight, bp.attr_score.bias), pooled[keep], logits[keep], False)
+    return {"boxes": boxes, "features": pooled[keep], "objects_id": oid, "attrs_id": aid}
+
+
+def test_end_to_end_d2_layout_matches_detectron2(d2_setup, photos, tmp_path):
+    model, weights = d2_setup
+    got, man = _extract(photos, weights, tmp_path / "store")
+    cfg = man["extractor"]["config"]
+    assert cfg["layout"] == "d2" and cfg["preprocess"] == "d2" and cfg["boxes_policy"]["name"] == "caffe"
+    assert len(got) == 10
+    for p in sorted(photos.glob("*.png")):
+        _compare(p.stem, got[p.stem], d2_reference(model, load_image(p).array), "d2")
+
+
+def test_airsplay_36_policy_matches_the_maxnms_script(d2_setup, photos):
+    from butd.extract.detector import BUTDExtractor
+
+    model, weights = d2_setup
+    ex = BUTDExtractor(weights, boxes_policy="airsplay-36")
+    for p in sorted(photos.glob("*.png"))[:5]:
+        rgb = load_image(p).array
+        rec = ex.extract([ex.preprocess(rgb)])[0]
+        _compare(p.stem, rec, d2_reference(model, rgb, "airsplay-36"), "d2 airsplay-36")
+
+
+@pytest.fixture(scope="module")
+def caffe_setup(d2_setup, tmp_path_factory):
+    """A bottom-up-attention.pytorch-layout state dict (2A softmax RPN, 1601 box deltas, its attribute
+    names, BN step counters, detectron2 v0.2.1 cell anchors for SIZES [[4, 8, 16, 32]]) with the d2
+    model's backbone and heads, converted with `butd weights convert`."""
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+    model, _ = d2_setup
+    g = torch.Generator().manual_seed(11)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    rpn = "proposal_generator.rpn_head"
+    sd[f"{rpn}.objectness_logits.weight"] = torch.randn(24, 512, 1, 1, generator=g) * 0.01
+    sd[f"{rpn}.objectness_logits.bias"] = torch.randn(24, generator=g) * 0.01
+    sd[f"{rpn}.anchor_deltas.bias"].view(12, 4)[:, 2:] += float(np.log(16.0))  # proposals ~16x the anchors
+    bp = "roi_heads.box_predictor"
+    sd[f"{bp}.bbox_pred.weight"] = torch.cat([torch.zeros(4, 2048), sd[f"{bp}.bbox_pred.weight"]])
+    sd[f"{bp}.bbox_pred.bias"] = torch.cat([torch.zeros(4), sd[f"{bp}.bbox_pred.bias"]])
+    for old, new in zip(ATTR, ("cls_embed", "attr_linear1", "attr_linear2")):
+        for k in [k for k in sd if k.startswith(f"{bp}.{old}.")]:
+            sd[k.replace(f".{old}.", f".{new}.")] = sd.pop(k)
+    gen = DefaultAnchorGenerator(sizes=[[4, 8, 16, 32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[16], offset=0.0)
+    sd["proposal_generator.anchor_generator.cell_anchors.0"] = gen.cell_anchors[0].clone()
+    sd["backbone.res4.0.conv1.norm.num_batches_tracked"] = torch.tensor(270000)
+    d = tmp_path_factory.mktemp("caffeck")
+    torch.save({"model": sd, "__author__": "butd-parity"}, d / "bua-caffe.pth")
+    out = _butd("weights", "convert", d / "bua-caffe.pth", d / "w.safetensors")
+    assert "layout caffe" in out
+    return model, sd, gen, d / "w.safetensors"
+
+
+@torch.inference_mode()
+def caffe_reference(model, sd, gen, rgb):
+    """bottom-up-attention.pytorch with the Caffe blob: cv2 resize by the scale, BUA RPN (+1 boxes,
+    detectron2 anchors, min size), RoI pool + res5, generate_tsv selection. Written from the facts."""
+    import cv2
+
+    im = rgb[:, :, ::-1].astype(np.float32) - np.asarray([102.9801, 115.9465, 122.7717], np.float32)
+    h, w = im.shape[:2]
+    s = 600.0 / min(h, w)
+    if np.round(s * max(h, w)) > 1000:
+        s = 1000.0 / max(h, w)
+    blob = cv2.resize(im, None, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(np.ascontiguousarray(blob.transpose(2, 0, 1)))[None]
+    ih, iw = x.shape[-2:]
+    feat = model.backbone(x)["res4"]
+    rpn = "proposal_generator.rpn_head"
+    t = F.relu(F.conv2d(feat, sd[f"{rpn}.conv.weight"], sd[f"{rpn}.conv.bias"], padding=1))
+    obj = F.conv2d(t, sd[f"{rpn}.objectness_logits.weight"], sd[f"{rpn}.objectness_logits.bias"])
+    dl = F.conv2d(t, sd[f"{rpn}.anchor_deltas.weight"], sd[f"{rpn}.anchor_deltas.bias"])
+    fh, fw = obj.shape[-2:]
+    score = F.softmax(obj.view(1, 2, 12, fh, fw), 1)[:, 1].permute(0, 2, 3, 1).reshape(-1)
+    d = dl.view(1, 12, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+    a = gen([feat])[0].tensor
+    aw, ah = a[:, 2] - a[:, 0] + 1, a[:, 3] - a[:, 1] + 1
+    cx, cy = a[:, 0] + 0.5 * aw, a[:, 1] + 0.5 * ah
+    pcx, pcy = d[:, 0] * aw + cx, d[:, 1] * ah + cy
+    pw, ph = torch.exp(d[:, 2].clamp(max=np.log(1000 / 16))) * aw, torch.exp(d[:, 3].clamp(max=np.log(1000 / 16))) * ah
+    b = torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], 1)
+    b = torch.stack([b[:, 0].clamp(0, iw - 1), b[:, 1].clamp(0, ih - 1), b[:, 2].clamp(0, iw - 1),
+                     b[:, 3].clamp(0, ih - 1)], 1)
+    ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    ok &= (b[:, 2] - b[:, 0] + 1 > 16 * s) & (b[:, 3] - b[:, 1] + 1 > 16 * s)
+    b, score = b[ok], score[ok]
+    score, order = score.sort(descending=True)
+    b, score = b[order[:6000]], score[:6000]
+    props = b[nms(torch.cat([b[:, :2], b[:, 2:] + 1], 1), score, 0.7)[:300]]
+    pooled = model.roi_heads._shared_roi_transform([feat], [Boxes(props)]).mean(dim=[2, 3])
+    bp = "roi_heads.box_predictor"
+    logits = pooled @ sd[f"{bp}.cls_score.weight"].t() + sd[f"{bp}.cls_score.bias"]
+    probs = torch.softmax(logits, 1)[:, 1:]
+    keep = _caffe_rule(props / s, probs, 1.0)
+    conf, oid = probs[keep].max(1)
+    aconf, aid = _attrs(sd[f"{bp}.cls_embed.weight"], (sd[f"{bp}.attr_linear1.weight"], sd[f"{bp}.attr_linear1.bias"]),
+                        (sd[f"{bp}.attr_linear2.weight"], sd[f"{bp}.attr_linear2.bias"]), pooled[keep], logits[keep],
+                        True)
+    return {"boxes": props[keep] / s, "features": pooled[keep], "objects_id": oid, "attrs_id": aid}
+
+
+def test_end_to_end_caffe_layout_matches_the_cv2_reference(caffe_setup, photos, tmp_path):
+    model, sd, gen, weights = caffe_setup
+    got, man = _extract(photos, weights, tmp_path / "store")
+    cfg = man["extractor"]["config"]
+    assert cfg["layout"] == "caffe" and cfg["preprocess"] == "caffe" and cfg["rpn"]["anchor_sizes"] == [4, 8, 16, 32]
+    for p in sorted(photos.glob("*.png")):
+        _compare(p.stem, got[p.stem], caffe_reference(model, sd, gen, load_image(p).array), "caffe")
+
+
+def test_write_parity_table():
+    """Per-photo figures of this run (PARITY_OUT=FILE writes them as a markdown table)."""
+    assert RESULTS, "run with the end-to-end tests"
+    lines = ["| layout | photo | boxes | matched (IoU >= 0.99) | min IoU | max feature rel diff |",
+             "|---|---|---|---|---|---|"]
+    for layout, rows in RESULTS.items():
+        for name, n, m, iou, rel in rows:
+            lines.append(f"| {layout} | {name} | {n} | {m} | {iou:.4f} | {rel:.1e} |")
+    if os.environ.get("PARITY_OUT"):
+        Path(os.environ["PARITY_OUT"]).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -23,15 +23,11 @@ SIZES = [(1, 37), (37, 1), (1, 1), (600, 800), (600, 600), (300, 451), (50, 70),
          (3000, 2000), (599, 1001), (333, 1000), (4000, 3), (601, 1003), (7, 11)]
 
 
-def shipped():
-    from butd.demo import shipped_photos
-
-    return shipped_photos
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    paths = shipped()(tmp_path_factory.mktemp("photos"))
+    from butd.demo import shipped_photos
+
+    paths = shipped_photos(tmp_path_factory.mktemp("photos"))
     if not paths:
         pytest.skip("no shipped photos (install the [dev] extras)")
     return {p.name: load_image(p).array for p in paths}
@@ -92,7 +88,7 @@ def test_d2_resize_matches_pillow_at_odd_sizes(hw):
 
 
 def test_both_match_their_reference_on_the_shipped_photos(photos):
-    for name, rgb in photos.items():
+    for rgb in photos.values():
         _check_caffe(rgb, tol=0.02)
         _check_d2(rgb)
 

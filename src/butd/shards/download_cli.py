@@ -10,6 +10,7 @@ import click
 from butd.shards.download import ARCHIVE_FORMATS, download
 from butd.shards.publish import load_registry, publish_store, registry_entry
 from butd.shards.spec import StoreError
+from butd.shards.weights_download import download_weights, load_weights_registry
 
 
 @click.command("publish")
@@ -50,7 +51,7 @@ def publish_cmd(store: Path, outdir: Path, name: str | None, url: str | None, pr
 @click.option("--format", "fmt", type=click.Choice(ARCHIVE_FORMATS), default=None,
               help="Format of a legacy archive (default: from the registry, or guessed from the name).")
 @click.option("--backoff", default=1.0, show_default=True, type=click.FloatRange(min=0), hidden=True)
-@click.option("--list", "list_", is_flag=True, help="List the registry's datasets and exit.")
+@click.option("--list", "list_", is_flag=True, help="List the registry's datasets and detector weights, and exit.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def download_cmd(source: str | None, to: Path | None, jobs: int, registry: Path | None, mirror: str | None,
                  trust_on_first_use: bool, allow_http: bool, timeout: float, retries: int, fmt: str | None,
@@ -61,13 +62,24 @@ def download_cmd(source: str | None, to: Path | None, jobs: int, registry: Path 
     of a legacy feature archive (.zip), which is imported into DIR after download.
     """
     try:
+        weights = load_weights_registry(registry)
         if list_:
             for name, e in sorted(load_registry(registry).items()):
                 pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
                 click.echo(f"{name:28s} {e['format']:11s} {pinned:14s} {e['url']}")
+            for name, e in sorted(weights.items()):
+                pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
+                click.echo(f"{name:28s} {'weights':11s} {pinned:14s} {e['url']}")
             return
         if not source or to is None:
             raise click.UsageError("SOURCE and --to DIR are required (or --list)")
+        if source in weights:  # a detector checkpoint: a plain file into DIR
+            path, digest, nbytes = download_weights(
+                source, to, registry=registry, mirror=mirror, trust_on_first_use=trust_on_first_use,
+                allow_http=allow_http, timeout=timeout, retries=retries, backoff=backoff, progress=progress,
+                log=lambda msg: click.echo(msg, err=True))
+            click.echo(f"{path}: {nbytes} bytes, sha256 {digest}; next: butd weights convert {path} OUT.safetensors")
+            return
         result = download(source, to, jobs=jobs, registry=registry, mirror=mirror,
                           trust_on_first_use=trust_on_first_use, allow_http=allow_http, timeout=timeout,
                           retries=retries, fmt=fmt, backoff=backoff, progress=progress,
