@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: test bench lint demo clean system-deps extract train toy-data
+.PHONY: test bench lint demo clean system-deps extract train toy-data parity
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ test: .venv
 
 bench: .venv
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Parity of bua-r101 with detectron2 / an OpenCV reference, end to end on real photos (not part of `make
+# test`: it needs a second venv holding a pure-Python detectron2 0.6, built once into $(PARITY_VENV)).
+# Writes the per-photo table to PARITY_OUT (default PARITY.table.md; PARITY.md explains it).
+PARITY_VENV ?= .venv-parity
+PARITY_OUT ?= PARITY.table.md
+$(PARITY_VENV)/.installed: $(VENV)/.installed tools/install_detectron2_parity.sh
+	bash tools/install_detectron2_parity.sh $(PARITY_VENV) $(VENV)
+	touch $@
+
+parity: $(PARITY_VENV)/.installed
+	PARITY_OUT=$(PARITY_OUT) $(PARITY_VENV)/bin/python -m pytest -q -o timeout=5400 \
+	  tests/extract/test_parity_detectron2.py $(PYTEST_ARGS)
 
 lint: .venv
 	$(VENV)/bin/ruff check src tests bench
@@ -78,4 +91,4 @@ system-deps:
 	      chromium default-jre-headless >/dev/null; }
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache data/toy runs
+	rm -rf $(VENV) $(PARITY_VENV) $(DEMO_DIR) .pytest_cache data/toy runs

@@ -284,24 +284,37 @@ def _caffe_rule(boxes_orig, fg, offset):
     return order[:10] if len(keep) < 10 else order[:100] if len(keep) > 100 else keep
 
 
+_D2_FORWARD: dict = {}
+
+
+@torch.inference_mode()
+def _d2_forward(model, rgb):
+    """detectron2's preprocessing, backbone, RPN, RoI pooling and box predictor (cached per photo)."""
+    from detectron2.data import transforms as T
+
+    key = (rgb.shape, hash(rgb.tobytes()))
+    if key not in _D2_FORWARD:
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        im = T.ResizeShortestEdge([600, 600], 1000).get_transform(bgr).apply_image(bgr)
+        images = model.preprocess_image([{"image": torch.as_tensor(im.astype("float32").transpose(2, 0, 1))}])
+        feats = model.backbone(images.tensor)
+        props, _ = model.proposal_generator(images, feats, None)
+        pooled = model.roi_heads._shared_roi_transform([feats["res4"]], [props[0].proposal_boxes]).mean(dim=[2, 3])
+        logits, deltas = model.roi_heads.box_predictor(pooled)[:2]
+        _D2_FORWARD[key] = (images.image_sizes[0], props, pooled, logits, deltas)
+    return _D2_FORWARD[key]
+
+
 @torch.inference_mode()
 def d2_reference(model, rgb, policy="caffe"):
     """py-bottom-up-attention's pipeline with detectron2's own modules."""
-    from detectron2.data import transforms as T
     from detectron2.modeling.postprocessing import detector_postprocess
     from detectron2.structures import Instances
 
-    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    h, w = bgr.shape[:2]
-    im = T.ResizeShortestEdge([600, 600], 1000).get_transform(bgr).apply_image(bgr)
-    images = model.preprocess_image([{"image": torch.as_tensor(im.astype("float32").transpose(2, 0, 1))}])
-    feats = model.backbone(images.tensor)
-    props, _ = model.proposal_generator(images, feats, None)
-    pooled = model.roi_heads._shared_roi_transform([feats["res4"]], [props[0].proposal_boxes]).mean(dim=[2, 3])
-    logits, deltas = model.roi_heads.box_predictor(pooled)[:2]
+    h, w = rgb.shape[:2]
+    (ih, iw), props, pooled, logits, deltas = _d2_forward(model, rgb)
     bp = model.roi_heads.box_predictor
     probs = torch.softmax(logits, 1)[:, :-1]
-    ih, iw = images.image_sizes[0]
 
     def to_orig(b):
         inst = Instances((ih, iw))
