@@ -346,7 +346,7 @@ def d2_reference(model, rgb, policy="caffe"):
 def test_end_to_end_d2_layout_matches_detectron2(d2_setup, photos, tmp_path):
     model, weights = d2_setup
     got, man = _extract(photos, weights, tmp_path / "store")
-    cfg = man["extractor"]["config"]
+    cfg = man["extractor"]["details"]
     assert cfg["layout"] == "d2" and cfg["preprocess"] == "d2" and cfg["boxes_policy"]["name"] == "caffe"
     assert len(got) == 10
     for p in sorted(photos.glob("*.png")):
@@ -445,7 +445,7 @@ def caffe_reference(model, sd, gen, rgb):
 def test_end_to_end_caffe_layout_matches_the_cv2_reference(caffe_setup, photos, tmp_path):
     model, sd, gen, weights = caffe_setup
     got, man = _extract(photos, weights, tmp_path / "store")
-    cfg = man["extractor"]["config"]
+    cfg = man["extractor"]["details"]
     assert cfg["layout"] == "caffe" and cfg["preprocess"] == "caffe" and cfg["rpn"]["anchor_sizes"] == [4, 8, 16, 32]
     for p in sorted(photos.glob("*.png")):
         _compare(p.stem, got[p.stem], caffe_reference(model, sd, gen, load_image(p).array), "caffe")

@@ -18,8 +18,7 @@ def test_registry_names_and_settings():
     assert a.thresholds == tuple(np.arange(0.3, 1.0, 0.1).tolist())  # 0.6000000000000001 ... as the script
     with pytest.raises(ValueError, match="unknown boxes policy 'nms'"):
         build_policy("nms")
-    with pytest.raises(ValueError, match="stores regressed boxes"):
-        build_policy("airsplay-36", box_source="proposals")
+    assert build_policy("airsplay-36", box_source="proposals", min_boxes=10).box_source == "regressed"
     with pytest.raises(ValueError, match="min_boxes"):
         build_policy("caffe", min_boxes=20, max_boxes=10)
 

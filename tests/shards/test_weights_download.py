@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from fault_http_server import FaultServer
 
-from butd.shards.download_cli import download_cmd
+from butd.cli.shards import download_cmd
 from butd.shards.publish import DownloadError
 from butd.shards.weights_download import download_weights, load_weights_registry
 
