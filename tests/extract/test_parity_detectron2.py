@@ -387,14 +387,12 @@ def test_airsplay_36_policy_matches_the_maxnms_script(d2_setup, photos):
     _all(one, photos, 5)
 
 
-@pytest.fixture(scope="module")
-def caffe_setup(d2_setup, tmp_path_factory):
+def _caffe_state(model):
     """A bottom-up-attention.pytorch-layout state dict (2A softmax RPN, 1601 box deltas, its attribute
     names, BN step counters, detectron2 v0.2.1 cell anchors for SIZES [[4, 8, 16, 32]]) with the d2
-    model's backbone and heads, converted with `butd weights convert`."""
+    model's backbone and heads; returns it and detectron2's anchor generator for those sizes."""
     from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
-    model, _ = d2_setup
     g = torch.Generator().manual_seed(11)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     rpn = "proposal_generator.rpn_head"
@@ -408,8 +406,16 @@ def caffe_setup(d2_setup, tmp_path_factory):
         for k in [k for k in sd if k.startswith(f"{bp}.{old}.")]:
             sd[k.replace(f".{old}.", f".{new}.")] = sd.pop(k)
     gen = DefaultAnchorGenerator(sizes=[[4, 8, 16, 32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[16], offset=0.0)
-    sd["proposal_generator.anchor_generator.cell_anchors.0"] = gen.cell_anchors[0].clone()
+    sd["proposal_generator.anchor_generator.cell_anchors.0"] = list(gen.cell_anchors)[0].clone()
     sd["backbone.res4.0.conv1.norm.num_batches_tracked"] = torch.tensor(270000)
+    return sd, gen
+
+
+@pytest.fixture(scope="module")
+def caffe_setup(d2_setup, tmp_path_factory):
+    """The caffe-layout checkpoint, saved as bottom-up-attention.pytorch would, converted by the CLI."""
+    model, _ = d2_setup
+    sd, gen = _caffe_state(model)
     d = tmp_path_factory.mktemp("caffeck")
     torch.save({"model": sd, "__author__": "butd-parity"}, d / "bua-caffe.pth")
     out = _butd("weights", "convert", d / "bua-caffe.pth", d / "w.safetensors")

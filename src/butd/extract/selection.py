@@ -68,8 +68,8 @@ class CaffeSelection:
         obj_conf, obj_id = probs[keep].max(dim=1)
         if self.box_source == "regressed":
             boxes = regressed(keep, obj_id)
-        else:  # clipped: rounding of the resized size can overshoot the original by < 1/scale
-            boxes = clip_boxes(props_orig[keep], orig_hw[0], orig_hw[1], offset)
+        else:  # as stored by the originals (rois / scale); inside [0, W] x [0, H] already, the clip is a guard
+            boxes = clip_boxes(props_orig[keep], orig_hw[0], orig_hw[1])
         return Selected(keep, boxes, obj_id, obj_conf)
 
 
