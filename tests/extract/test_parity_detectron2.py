@@ -168,20 +168,18 @@ def _butd(*args, cwd=None):
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"), env.get("PYTHONPATH", "")])
     res = subprocess.run([sys.executable, "-c", "from butd.cli import main; main()", *map(str, args)],
-                         capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+                         capture_output=True, text=True, env=env, cwd=cwd, timeout=3600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res.stdout
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+def make_photos(d: Path, shipped: Path) -> Path:
     """The shipped photos plus 5 real photos at odd sizes (crops / resizes of them), as lossless PNGs."""
     from PIL import Image
 
     from butd.demo import shipped_photos
 
-    d = tmp_path_factory.mktemp("photos")
-    src = shipped_photos(tmp_path_factory.mktemp("shipped"))
+    src = shipped_photos(shipped)
     if len(src) < 5:
         pytest.skip("needs the shipped photos of the [dev] extras")
     ims = {p.stem: Image.fromarray(load_image(p).array) for p in src}
@@ -195,6 +193,11 @@ def photos(tmp_path_factory):
     for k, im in odd.items():
         im.save(d / f"{k}.png")
     return d
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photos(tmp_path_factory.mktemp("photos"), tmp_path_factory.mktemp("shipped"))
 
 
 def _d2_model(seed):
