@@ -22,6 +22,23 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
 
 
+def _nproc_arg(args: list[str]) -> tuple[int, list[str]]:
+    """``--nproc N`` (local worker processes, default 1) taken out of ``args``."""
+    rest, nproc, i = [], 1, 0
+    while i < len(args):
+        a = args[i]
+        if a == "--nproc" or a.startswith("--nproc="):
+            value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if "=" in a else 2
+            if not value.isdigit() or int(value) < 1:
+                raise click.BadParameter(f"{value!r} is not a number of processes >= 1", param_hint="--nproc")
+            nproc = int(value)
+            continue
+        rest.append(a)
+        i += 1
+    return nproc, rest
+
+
 def _model_arg(args: list[str]) -> str | None:
     for i, a in enumerate(args):
         if a == "--model" and i + 1 < len(args):
@@ -36,12 +53,23 @@ def _model_arg(args: list[str]) -> str | None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def train_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
-    """Train a model: butd train --model updown|sat-soft|sat-hard|vqa ... (add --help after --model)."""
+    """Train a model: butd train --model updown|sat-soft|sat-hard|vqa ... (add --help after --model).
+
+    ``--nproc N`` trains on N local processes (DDP through torch.distributed.run, bound to 127.0.0.1)."""
+    nproc, args = _nproc_arg(list(args))
+    if nproc > 1:
+        from butd.train.distributed import launch_local
+
+        try:
+            ctx.exit(launch_local(nproc, ["train", *args]))
+        except ValueError as exc:
+            raise _fail(exc) from None
     model = _model_arg(list(args))
     if model is None:
         click.echo("usage: butd train --model updown|sat-soft|sat-hard|vqa [OPTIONS]\n"
                    "  captioning: --features STORE --captions KARPATHY.json --out RUN [--epochs N] [--scst-epochs M]\n"
                    "  vqa:        --features STORE --questions Q.json --annotations A.json --out RUN\n"
+                   "  any:        --nproc N trains on N local processes (torch DDP; batch_size is the global batch)\n"
                    "  `butd train --model M --help` lists every option of that trainer.")
         ctx.exit(0 if "--help" in args or "-h" in args else 2)
     if TASK_MODELS.get(model) == "vqa":

@@ -88,6 +88,7 @@ def train_caption_cmd(model_name: str | None, features: Path, captions: Path, ou
     from butd.datasets.captions import CaptionDataError
     from butd.shards import StoreError
     from butd.train.caption import CaptionPaths, load_caption_config, train_caption
+    from butd.train.distributed import current
 
     overrides: dict[str, Any] = {}
     if model_name is not None:
@@ -105,8 +106,9 @@ def train_caption_cmd(model_name: str | None, features: Path, captions: Path, ou
     except (CaptionDataError, StoreError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     score = summary.get("val_cider_d")
-    click.echo(f"wrote {out} (model {cfg.model_name}"
-               + (f", val CIDEr-D {score:.3f})" if score is not None else ")"))
+    if current().is_main:
+            click.echo(f"wrote {out} (model {cfg.model_name}"
+                   + (f", val CIDEr-D {score:.3f})" if score is not None else ")"))
 
 
 @click.command("eval-caption")

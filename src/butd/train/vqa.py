@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from butd.datasets.vqa import (
     Vocab,
@@ -28,6 +28,7 @@ from butd.datasets.vqa import (
 from butd.evaluate.vqa_accuracy import vqa_accuracy
 from butd.models.updown_vqa import UpDownVQA, UpDownVQAConfig, load_glove, vqa_loss
 from butd.shards import FeatureStore
+from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint
 from butd.train.loop import LoopConfig, LoopState, apply_overrides, config_to_dict, fit
 
@@ -133,7 +134,7 @@ def prepare_data(
     return train_ds, val_ds, vocab, answers, reports
 
 
-def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -145,13 +146,14 @@ def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataL
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu"
+    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu",
+    indices: Sequence[int] | None = None,
 ) -> dict[int, str]:
-    """Best answer per question id."""
+    """Best answer per question id (of the examples at ``indices`` only, when given: one rank's shard)."""
     was_training = model.training
     model.eval()
     out: dict[int, str] = {}
-    for batch in _loader(dataset, batch_size):
+    for batch in _loader(dataset if indices is None else Subset(dataset, list(indices)), batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         best = model(batch)["logits"].argmax(dim=1).tolist()
         for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
@@ -203,7 +205,10 @@ def train_vqa(
     resume: bool = False,
     echo: Callable[[str], None] | None = print,
 ) -> LoopState:
-    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt)."""
+    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt).
+
+    Under torchrun every rank calls this alike (see :mod:`butd.train.distributed`); rank 0 writes."""
+    info, device = ddp.setup(_resolve_device(cfg.device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
@@ -211,29 +216,30 @@ def train_vqa(
     answers = ckpt.meta["answers"] if ckpt else None
     train_ds, val_ds, vocab, answers, reports = prepare_data(cfg, paths, vocab, answers)
     for split, rep in reports.items():
-        if rep["missing_questions"] and echo:
+        if rep["missing_questions"] and echo and info.is_main:
             echo(f"{split}: skipped {rep['missing_questions']} question(s) on {rep['missing_images']} "
                  "image(s) missing from the feature store")
     torch.manual_seed(cfg.loop.seed)
-    device = _resolve_device(cfg.device)
     model = _build_model(cfg, vocab, answers, train_ds.feature_dim, paths.glove)
     if ckpt is None and hasattr(model, "init_answer_bias"):
         model.init_answer_bias(train_ds.answer_prior())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, lr=cfg.loop.lr, weight_decay=cfg.weight_decay)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
-    _write_json(
-        out / "run.json",
-        {
-            "task": "vqa",
-            "paths": asdict(paths),
-            "data": reports,
-            "num_answers": len(answers),
-            "vocab_size": len(vocab),
-        },
-    )
-    _write_json(out / "answers.json", answers)
-    _write_json(out / "vocab.json", vocab.words)
+    if info.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+        _write_json(
+            out / "run.json",
+            {
+                "task": "vqa",
+                "paths": asdict(paths),
+                "data": reports,
+                "num_answers": len(answers),
+                "vocab_size": len(vocab),
+                "world_size": info.world_size,
+            },
+        )
+        _write_json(out / "answers.json", answers)
+        _write_json(out / "vocab.json", vocab.words)
     manifest = train_ds.store.manifest
     meta = {
         "task": "vqa",
@@ -243,11 +249,18 @@ def train_vqa(
         "store_manifest": manifest,
     }
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        if val_ds is None or not any(ex.answers for ex in val_ds.examples):
-            return {}
-        res, _ = evaluate_dataset(m, val_ds, cfg.eval_batch_size, device)
+    anns = _annotations(val_ds.examples) if val_ds is not None else []
+    val_mine = ddp.shard_indices(len(val_ds), info) if val_ds is not None else []
+
+    def _val_accuracy(items: list[Any]) -> dict[str, float]:  # once, over every rank's predictions
+        res = vqa_accuracy(dict(items), anns, question_ids=[a["question_id"] for a in anns])
         return {"accuracy": res["overall"], **{f"acc_{k}": v for k, v in res["per_answer_type"].items()}}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        if val_ds is None or not anns:
+            return {}
+        preds = predict(m, val_ds, cfg.eval_batch_size, device, indices=val_mine)
+        return ddp.gathered_metrics([[q, a] for q, a in preds.items()], _val_accuracy)
 
     def loss_fn(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": vqa_loss(outputs["logits"], batch["target"])}

@@ -71,6 +71,7 @@ def train_vqa_cmd(
     resume: bool,
 ) -> None:
     """Train the Up-Down VQA model on a feature store and VQA v2 files."""
+    from butd.train.distributed import current
     from butd.train.loop import NonFiniteLossError
     from butd.train.vqa import VQAPaths, load_config, train_vqa
 
@@ -101,7 +102,8 @@ def train_vqa_cmd(
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     best = f", best accuracy {state.best:.2f} (epoch {state.best_epoch})" if state.best is not None else ""
-    click.echo(f"done: {state.step} steps, {state.epoch} epochs{best}; run in {Path(out)}")
+    if current().is_main:
+        click.echo(f"done: {state.step} steps, {state.epoch} epochs{best}; run in {Path(out)}")
 
 
 def eval_vqa(run: str | Path, split: str = "val") -> dict[str, Any]:
