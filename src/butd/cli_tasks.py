@@ -58,7 +58,7 @@ def train_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     ``--nproc N`` trains on N local processes (DDP through torch.distributed.run, bound to 127.0.0.1)."""
     nproc, args = _nproc_arg(list(args))
     if nproc > 1:
-        from butd.train.distributed import launch_local
+        from butd.train.launch import launch_local
 
         try:
             ctx.exit(launch_local(nproc, ["train", *args]))

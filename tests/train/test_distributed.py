@@ -156,7 +156,7 @@ def test_scst_rewards_identical_on_two_processes(toy, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     subprocess.run([sys.executable, worker, paths.features, paths.captions, str(one)], env=_env(), check=True,
                    timeout=120)
-    code = ("import sys; from butd.train.distributed import launch_local; "
+    code = ("import sys; from butd.train.launch import launch_local; "
             f"sys.exit(launch_local(2, [{worker!r}, {paths.features!r}, {paths.captions!r}, {str(two)!r}], None))")
     subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=120)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())

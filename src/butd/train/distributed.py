@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import atexit
 import base64
-import datetime
 import io
 import json
 import math
 import os
-import socket
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +30,8 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 __all__ = ["DistInfo", "ShardedEpochSampler", "all_reduce_sum", "any_rank", "barrier", "broadcast_bytes",
-           "broadcast_json", "current", "gather_json", "gathered_metrics", "launch_local", "per_rank_batch",
-           "rank_rng_states", "reduce_step",
-           "restore_rank_rng", "setup", "shard_indices", "wrap_model"]
+           "broadcast_json", "check_shared_dir", "current", "gather_json", "gathered_metrics", "per_rank_batch",
+           "rank_rng_states", "reduce_step", "restore_rank_rng", "setup", "shard_indices", "wrap_model"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,9 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
         return DistInfo(), device
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible): start at most "
+                             "one process per GPU (--nproc / --nproc-per-node)")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -89,6 +89,26 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
 def _teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_shared_dir(path: Path) -> None:
+    """Every rank must see the run directory rank 0 writes (checkpoints are read back on resume and between
+    phases); on several machines that means a shared filesystem. Raises ValueError otherwise."""
+    if not _active():
+        return
+    marker = path / f".ddp-check-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    if current().is_main:
+        path.mkdir(parents=True, exist_ok=True)
+        marker.write_text("", encoding="utf-8")
+    dist.barrier()
+    seen = marker.is_file()
+    missing = any_rank(not seen)
+    dist.barrier()
+    if current().is_main:
+        marker.unlink(missing_ok=True)
+    if missing:
+        raise ValueError(f"the run directory is not shared by every process ({path}): put --out on a filesystem "
+                         "that all machines mount")
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:
@@ -279,55 +299,3 @@ def restore_rank_rng(states: Sequence[str] | None, info: DistInfo, seed: int, st
     return (f"resuming a run checkpointed by {saved} process(es) on {info.world_size}: the sampler continues "
             f"from the saved step (global batch unchanged); random streams are reseeded, so dropout and "
             "sampling differ from an uninterrupted run")
-
-
-# ------------------------------------------------------------------------------------------ local launch
-def _loopback_name() -> str:
-    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
-    return names[0] if names else "lo"
-
-
-def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -> int:
-    """Run ``python -m MODULE ARGV`` (``python ARGV`` when ``module`` is None) in ``nproc`` workers on this
-    machine through torch's elastic launcher (``torch.distributed.run``), everything bound to 127.0.0.1.
-    Returns the exit status (0 = all ranks ok).
-
-    The rendezvous store listens on a socket this function binds to 127.0.0.1 (torchrun's own store would
-    listen on every interface); gloo and NCCL are pointed at the loopback interface unless the user set them.
-    """
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1 (got {nproc})")
-    if "TORCHELASTIC_RUN_ID" in os.environ or _env_int("WORLD_SIZE", 1) > 1:
-        raise ValueError("--nproc given inside a torchrun worker: let torchrun start the processes instead")
-    from torch.distributed import run as elastic
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    fd = sock.detach()  # the store owns (and closes) the listening socket from here on
-    # multi_tenant: the launcher's own rendezvous store (same process, same port) reuses this server
-    store = dist.TCPStore("127.0.0.1", port, None, True, datetime.timedelta(seconds=300),
-                          wait_for_workers=False, multi_tenant=True, master_listen_fd=fd)
-    lo = _loopback_name()
-    saved = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
-    for key in saved:
-        os.environ.setdefault(key, lo)
-    try:
-        elastic.main(["--nnodes=1", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-                      f"--master-port={port}", "--max-restarts=0", *(["--module", module] if module else []),
-                      *argv])
-    except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        print(f"Error: worker rank {rank} of {nproc} failed (exit code {failure.exitcode}): see its message "
-              "above; fix it and rerun (add --resume to continue from the last checkpoint)", file=sys.stderr)
-        return 1
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        del store
-    return 0

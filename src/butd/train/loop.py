@@ -243,6 +243,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     ckpt_dir = out_dir / "checkpoints"
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ddp.check_shared_dir(out_dir)
     state = LoopState()
     model.to(device)  # before loading optimiser state, which follows its parameters' device
     if resume is not None:
