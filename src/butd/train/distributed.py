@@ -163,7 +163,9 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device) -> 
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # some steps leave parameters unused (SAT-hard's sampled vs expected context, e.g.);
+    # DDP must then look for them, which costs one walk of the autograd graph per step
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 # ------------------------------------------------------------------------------------------ collectives
