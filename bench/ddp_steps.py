@@ -47,7 +47,7 @@ class _Synthetic(torch.utils.data.Dataset):
         return len(self.feats)
 
     def __getitem__(self, i: int) -> dict:
-        return {"feats": self.feats[i], "mask": torch.ones(K, dtype=torch.bool), "captions": self.caps[i]}
+        return {"features": self.feats[i], "mask": torch.ones(K, dtype=torch.bool), "captions": self.caps[i]}
 
 
 def steps_per_second(steps: int, batch: int, device: str, out_dir: str) -> float:

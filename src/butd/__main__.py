@@ -1,6 +1,6 @@
-"""``python -m butd`` (and ``torchrun ... -m butd train ...``): the ``butd`` command line."""
+"""``python -m butd`` is the ``butd`` command."""
 
 from butd.cli import main
 
 if __name__ == "__main__":
-    main(prog_name="butd")
+    main()

@@ -46,8 +46,8 @@ def main(store_dir: str, captions: str, out: str) -> None:
         for idx in mine:
             batch = collate_captions([data[idx]])
             gen = torch.Generator().manual_seed(1000 + idx)
-            tokens = sample_decode(model, batch["feats"], batch["mask"], 16, n=5, generator=gen)["tokens"]
-            greedy = greedy_decode(model, batch["feats"], batch["mask"], 16)["tokens"]
+            tokens = sample_decode(model, batch["features"], batch["mask"], 16, n=5, generator=gen)["tokens"]
+            greedy = greedy_decode(model, batch["features"], batch["mask"], 16)["tokens"]
             _, base = objective.scorer.score_lists(tokens_to_text(greedy, vocab), batch["refs"])
             rewards = objective.rewards(tokens, batch["refs"])[0].tolist()
             rows.append({"index": idx, "rank": info.rank, "rewards": rewards, "greedy_reward": float(base[0])})

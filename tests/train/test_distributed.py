@@ -137,13 +137,13 @@ def test_xe_weights_two_processes_half_batch_equal_one_process_full_batch(toy, r
 
     nets = []
     for weights in (one.model, two.model):
-        net = build_caption_model("updown", one.meta["vocab_size"], one.meta["feature_dim"], CFG["model"])
+        net = build_caption_model("updown", len(one.meta["vocab"]), one.meta["feature_dim"], CFG["model"])
         net.load_state_dict(weights)
         nets.append(net.eval())
     gen = torch.Generator().manual_seed(0)
-    batch = {"feats": torch.randn(4, 6, one.meta["feature_dim"], generator=gen),
+    batch = {"features": torch.randn(4, 6, one.meta["feature_dim"], generator=gen),
              "mask": torch.ones(4, 6, dtype=torch.bool),
-             "captions": torch.randint(1, one.meta["vocab_size"], (4, 9), generator=gen)}
+             "captions": torch.randint(1, len(one.meta["vocab"]), (4, 9), generator=gen)}
     with torch.no_grad():
         torch.testing.assert_close(nets[1](batch)["logits"], nets[0](batch)["logits"], rtol=0, atol=2e-5)
     # the logged loss is the global token mean on both
@@ -186,6 +186,19 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _workers(pid: int) -> list[int]:
+    """The training processes under a `butd train --nproc` (not the command itself, not the launcher)."""
+    out = []
+    for p in _tree(pid):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"butd" in argv and b"train" in argv and b"--nproc" not in argv and b"butd.train.launch" not in argv:
+            out.append(p)
+    return out
+
+
 def _tcp_endpoints(pids: list[int]) -> set[tuple[str, str, str]]:
     """(local, remote, state) hex address pairs of every TCP socket the processes hold."""
     inodes = set()
@@ -222,8 +235,7 @@ def killed(toy, tmp_path_factory) -> tuple[Path, set]:
             seen |= _tcp_endpoints(_tree(proc.pid))
             steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
             if steps and max(steps) >= 3:
-                workers = [p for p in _tree(proc.pid) if p != proc.pid]
-                os.kill(max(workers), signal.SIGKILL)
+                os.kill(max(_workers(proc.pid)), signal.SIGKILL)
                 break
             time.sleep(0.05)
         _, err = proc.communicate(timeout=120)
@@ -250,7 +262,7 @@ def test_resume_after_a_killed_rank_finishes_like_an_uninterrupted_run(toy, run2
     assert (out / "scst" / "checkpoints" / "last.pt").is_file() and not (out / "run.json").exists()
     proc = subprocess.run(_train_cmd(toy, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = json.loads((run2 / "run.json").read_text()), json.loads((out / "run.json").read_text())
+    a, b = (json.loads((run / "run.json").read_text())["summary"] for run in (run2, out))
     assert b["val_cider_d"] == a["val_cider_d"] and b["phases"]["scst"]["step"] == a["phases"]["scst"]["step"]
 
     def epochs(run: Path) -> list[dict]:
@@ -264,7 +276,7 @@ def test_resume_after_a_killed_rank_finishes_like_an_uninterrupted_run(toy, run2
         return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
 
     assert steps(out) == steps(run2)  # the steps redone after the kill repeat the uninterrupted run's losses
-    final_a, final_b = load_checkpoint(run2 / "model.pt").model, load_checkpoint(out / "model.pt").model
+    final_a, final_b = (load_checkpoint(run / "checkpoints" / "best.pt").model for run in (run2, out))
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from butd.models.registry import PAD, CaptionModel, State
+from butd.models.caption_base import PAD, CaptionModel, State
+from butd.registry import Entry, Registry
 
 __all__ = ["DECODERS", "DecodeConfig", "beam_search", "decode", "greedy_decode", "sample_decode"]
 
@@ -153,7 +154,10 @@ def _sample(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, cfg: D
     return sample_decode(model, feats, mask, cfg.max_len, temperature=cfg.temperature)["tokens"]
 
 
-DECODERS = {"greedy": _greedy, "beam": _beam, "sample": _sample}
+DECODERS = Registry("decoder", {  # name -> Entry(config, (model, feats, mask, cfg) -> tokens)
+    "greedy": Entry(DecodeConfig, _greedy, "argmax word at every step"),
+    "beam": Entry(DecodeConfig, _beam, "beam search of width beam, length penalty"),
+    "sample": Entry(DecodeConfig, _sample, "multinomial sampling with temperature")})
 
 
 def decode(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from butd.models.registry import PAD
+from butd.models.caption_base import PAD
 from butd.models.sat import SatConfig, SatSoft
 
 __all__ = ["SatHard", "SatHardConfig"]

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from butd.errors import UserError
+
 __all__ = ["DistInfo", "ShardedEpochSampler", "all_reduce_sum", "any_rank", "barrier", "broadcast_bytes",
            "broadcast_json", "check_shared_dir", "current", "gather_json", "gathered_metrics", "per_rank_batch",
            "rank_rng_states", "reduce_step", "restore_rank_rng", "setup", "shard_indices", "wrap_model"]
@@ -53,7 +55,8 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw) if raw else default
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer (set by torchrun)") from None
+        raise UserError(f"environment variable {name} is not an integer", repr(raw),
+                        "let torchrun set it") from None
 
 
 def current() -> DistInfo:
@@ -74,8 +77,8 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible): start at most "
-                             "one process per GPU (--nproc / --nproc-per-node)")
+            raise UserError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible)",
+                            "--nproc / --nproc-per-node", "start at most one process per GPU", usage=True)
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -93,7 +96,7 @@ def _teardown() -> None:
 
 def check_shared_dir(path: Path) -> None:
     """Every rank must see the run directory rank 0 writes (checkpoints are read back on resume and between
-    phases); on several machines that means a shared filesystem. Raises ValueError otherwise."""
+    phases); on several machines that means a shared filesystem. Raises UserError otherwise."""
     if not _active():
         return
     marker = path / f".ddp-check-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
@@ -107,15 +110,16 @@ def check_shared_dir(path: Path) -> None:
     if current().is_main:
         marker.unlink(missing_ok=True)
     if missing:
-        raise ValueError(f"the run directory is not shared by every process ({path}): put --out on a filesystem "
-                         "that all machines mount")
+        raise UserError("the run directory is not shared by every process", path,
+                        "put --out on a filesystem that all machines mount")
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     """Per-rank batch for a global batch; the global batch must divide evenly (the LR is never rescaled)."""
     if global_batch < 1 or global_batch % world_size:
-        raise ValueError(f"batch_size {global_batch} (the global batch) does not divide over {world_size} "
-                         f"processes: choose a multiple of {world_size}")
+        raise UserError(f"batch_size {global_batch} (the global batch) does not divide over {world_size} processes",
+                        "batch_size", f"choose a multiple of {world_size} or another number of processes",
+                        usage=True)
     return global_batch // world_size
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 
 import torch.distributed as dist
+
+from butd.errors import UserError
 
 __all__ = ["launch_local"]
 
@@ -26,13 +29,23 @@ def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -
     machine through torch's elastic launcher (``torch.distributed.run``), everything bound to 127.0.0.1.
     Returns the exit status (0 = all ranks ok).
 
-    The rendezvous store listens on a socket this function binds to 127.0.0.1 (torchrun's own store would
-    listen on every interface); gloo and NCCL are pointed at the loopback interface unless the user set them.
+    The launcher runs in a child process whose environment points gloo and NCCL at the loopback interface
+    (unless the user set ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``); this process's own environment
+    is left alone.
     """
     if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1 (got {nproc})")
+        raise UserError("--nproc must be at least 1", str(nproc), "pass a number of processes", usage=True)
     if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE") or 1) > 1:
-        raise ValueError("--nproc given inside a torchrun worker: let torchrun start the processes instead")
+        raise UserError("--nproc given inside a torchrun worker", "--nproc", "let torchrun start the processes",
+                        usage=True)
+    lo = _loopback_name()
+    env = {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo, **os.environ}
+    cmd = [sys.executable, "-m", "butd.train.launch", str(nproc), module or "", *argv]
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def _agent(nproc: int, module: str | None, argv: Sequence[str]) -> int:
+    """The launcher process: torch's elastic agent with its rendezvous store on 127.0.0.1 only."""
     from torch.distributed import run as elastic
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -41,13 +54,10 @@ def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -
     sock.listen(128)
     port = sock.getsockname()[1]
     fd = sock.detach()  # the store owns (and closes) the listening socket from here on
-    # multi_tenant: the launcher's own rendezvous store (same process, same port) reuses this server
+    # torchrun's own store would listen on every interface; with multi_tenant, the agent's store (same
+    # process, same port) reuses this server, which listens on the 127.0.0.1 socket above
     store = dist.TCPStore("127.0.0.1", port, None, True, datetime.timedelta(seconds=300),
                           wait_for_workers=False, multi_tenant=True, master_listen_fd=fd)
-    lo = _loopback_name()
-    saved = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
-    for key in saved:
-        os.environ.setdefault(key, lo)
     try:
         elastic.main(["--nnodes=1", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
                       f"--master-port={port}", "--max-restarts=0", *(["--module", module] if module else []),
@@ -58,10 +68,9 @@ def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -
               "above; fix it and rerun (add --resume to continue from the last checkpoint)", file=sys.stderr)
         return 1
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         del store
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_agent(int(sys.argv[1]), sys.argv[2] or None, sys.argv[3:]))

@@ -19,35 +19,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from butd.registry import Entry, Registry
 from butd.train import distributed as ddp
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
 
 __all__ = ["SCHEDULES", "Callback", "EarlyStopping", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "apply_overrides", "config_to_dict",
-           "fit", "lr_at"]
-
-
-# --------------------------------------------------------------------------------------- config helpers
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A (nested) dataclass as plain dicts."""
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(cfg: Any, overrides: dict[str, Any] | None, where: str = "config") -> Any:
-    """A copy of frozen dataclass ``cfg`` with (nested) ``overrides``; unknown keys raise ValueError."""
-    if not overrides:
-        return cfg
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown {where} key {key!r} (known: {', '.join(sorted(fields))})")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = apply_overrides(current, value, f"{where}.{key}")
-        else:
-            changes[key] = value
-    return dataclasses.replace(cfg, **changes)
+           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- LR schedules
@@ -86,8 +63,11 @@ def lr_cosine(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
     return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
-SCHEDULES: dict[str, Callable[[int, float, ScheduleConfig, int], float]] = {
-    "constant": lr_constant, "warmup_step": lr_warmup_step, "cosine": lr_cosine}
+# name -> Entry(config, ``(step, base_lr, cfg, total_steps) -> lr``); butd.registry style
+SCHEDULES = Registry("LR schedule", {
+    "constant": Entry(ScheduleConfig, lr_constant, "the base rate (after warmup)"),
+    "warmup_step": Entry(ScheduleConfig, lr_warmup_step, "linear warmup, then x decay_factor every decay_every"),
+    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine to zero")})
 
 
 def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
