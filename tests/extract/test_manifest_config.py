@@ -13,9 +13,14 @@ CHANGED = {"bua-r101": {"mode": "boxes", "box_source": "regressed", "min_boxes":
            "grid": {"mode": "boxes", "image_size": 96, "roi_size": 3, "fp16": True}}
 
 
+def _changes(name: str) -> dict:
+    family = type(extractor_config(name)).__name__
+    return {"DetectorConfig": CHANGED["bua-r101"], "GridConfig": CHANGED["grid"]}.get(family, {"fp16": True})
+
+
 @pytest.mark.parametrize("name", EXTRACTORS.names())
 def test_manifest_round_trip_of_every_extractor(name):
-    cfg = extractor_config(name, CHANGED["bua-r101" if name == "bua-r101" else "grid"], weights="w.safetensors")
+    cfg = extractor_config(name, _changes(name), weights="w.safetensors")
     info = {"name": name, "details": {"feature_dim": 7}, "weights_sha256": "ab" * 32}
     entry = json.loads(json.dumps(manifest_entry(dataclasses.asdict(cfg), info)))  # as read back from JSON
     back = config_from_manifest(entry)

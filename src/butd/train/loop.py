@@ -66,8 +66,9 @@ def lr_cosine(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
 # name -> Entry(config, ``(step, base_lr, cfg, total_steps) -> lr``); butd.registry style
 SCHEDULES = Registry("LR schedule", {
     "constant": Entry(ScheduleConfig, lr_constant, "the base rate (after warmup)"),
-    "warmup_step": Entry(ScheduleConfig, lr_warmup_step, "linear warmup, then x decay_factor every decay_every"),
-    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine to zero")})
+    "warmup_step": Entry(ScheduleConfig, lr_warmup_step,
+                         "linear warmup, then x gamma every decay_every steps from decay_start"),
+    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr")})
 
 
 def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
