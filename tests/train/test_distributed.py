@@ -113,6 +113,12 @@ def test_global_batch_must_divide_over_ranks():
         ddp.per_rank_batch(16, 3)
 
 
+def test_torchrun_worker_without_a_process_group_refuses_to_train(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; no init_process_group was called
+    with pytest.raises(ValueError, match="no process group"):
+        ddp.current()
+
+
 def test_cider_shared_as_arrays_scores_identically(toy):
     refs = [["a red square on the left", "a red box"], ["two blue circles", "blue circles here"], ["a cat"]]
     scorer = CiderD(refs)

@@ -63,6 +63,9 @@ def current() -> DistInfo:
     """Rank and world size of the initialised process group (rank 0 of 1 without one)."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+    if _env_int("WORLD_SIZE", 1) > 1:  # every rank would train alone and write the same files
+        raise UserError("started by torchrun, but no process group", f"WORLD_SIZE={os.environ['WORLD_SIZE']}",
+                        "call butd.train.distributed.setup(device) before training")
     return DistInfo()
 
 
