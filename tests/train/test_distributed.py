@@ -10,6 +10,7 @@ doubled step moves them by 1e-4 or more). One parameter has no true gradient at 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -156,12 +157,14 @@ def test_xe_weights_two_processes_half_batch_equal_one_process_full_batch(toy, r
     assert _train_losses(tmp_path / "one") == pytest.approx(_train_losses(run2), abs=1e-5)
 
 
-def test_scst_rewards_identical_on_two_processes(toy, tmp_path):
+def test_scst_rewards_identical_on_two_processes(toy, tmp_path, one_torch_thread):
     paths, _ = toy
     worker = str(HERE / "ddp_scst_worker.py")
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, worker, paths.features, paths.captions, str(one)], env=_env(), check=True,
-                   timeout=120)
+    spec = importlib.util.spec_from_file_location("ddp_scst_worker", worker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(paths.features, paths.captions, str(one))  # one process: this one
     code = ("import sys; from butd.train.launch import launch_local; "
             f"sys.exit(launch_local(2, [{worker!r}, {paths.features!r}, {paths.captions!r}, {str(two)!r}], None))")
     subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=120)
