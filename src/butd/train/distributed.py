@@ -170,9 +170,10 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device) -> 
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # some steps leave parameters unused (SAT-hard's sampled vs expected context, e.g.);
-    # DDP must then look for them, which costs one walk of the autograd graph per step
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # a model with parameters that take no part in the loss says so (SAT without the selector); DDP must then
+    # look for them, which costs one walk of the autograd graph per step, so only then
+    unused = any(getattr(m, "has_unused_parameters", False) for m in model.modules())
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
 
 # ------------------------------------------------------------------------------------------ collectives
