@@ -66,7 +66,7 @@ def _agent(nproc: int, module: str | None, argv: Sequence[str]) -> int:
         rank, failure = err.get_first_failure()
         print(f"Error: worker rank {rank} of {nproc} failed (exit code {failure.exitcode}): see its message "
               "above; fix it and rerun (add --resume to continue from the last checkpoint)", file=sys.stderr)
-        return 1
+        return failure.exitcode if failure.exitcode == 2 else 1  # a usage error stays one
     finally:
         del store
     return 0
