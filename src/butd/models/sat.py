@@ -67,6 +67,11 @@ class SatSoft(CaptionModel):
         self.out_o = nn.Linear(e, vocab_size)  # L_o
         self.drop = nn.Dropout(config.dropout)
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        """f_beta exists but takes no part without the selector (DDP must then look for unused parameters)."""
+        return not self.config.selector
+
     def init_state(self, feats: torch.Tensor, mask: torch.Tensor) -> State:
         """h, c [B, H] from the masked mean annotation; att_feats [B, K, A] = W_a a_i (cached)."""
         mean = masked_mean(feats, mask)

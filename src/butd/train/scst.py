@@ -113,5 +113,5 @@ class ScstObjective(nn.Module):
         adv = (rewards - base).reshape(-1, 1)
         valid = (tokens != PAD).to(logprobs.dtype)
         loss = -(adv * logprobs * valid).sum() / valid.sum().clamp_min(1.0)
-        return {"loss": loss, "reward": rewards.mean(), "baseline": base.mean(),
+        return {"loss": loss, "loss_weight": valid.sum(), "reward": rewards.mean(), "baseline": base.mean(),
                 "advantage_std": adv.std() if adv.numel() > 1 else adv.sum() * 0}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from butd.config import load_config as _load_config
 from butd.config import to_plain
@@ -31,6 +31,7 @@ from butd.evaluate.vqa_accuracy import vqa_accuracy
 from butd.models.registry import MODELS, task_of
 from butd.models.updown_vqa import UpDownVQAConfig, load_glove, vqa_loss
 from butd.shards import FeatureStore
+from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
@@ -118,7 +119,7 @@ def prepare_data(
     return train_ds, val_ds, vocab, answers, reports
 
 
-def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -130,13 +131,14 @@ def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataL
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu"
+    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu",
+    indices: Sequence[int] | None = None,
 ) -> dict[int, str]:
-    """Best answer per question id."""
+    """Best answer per question id (of the examples at ``indices`` only, when given: one rank's shard)."""
     was_training = model.training
     model.eval()
     out: dict[int, str] = {}
-    for batch in _loader(dataset, batch_size):
+    for batch in _loader(dataset if indices is None else Subset(dataset, list(indices)), batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         best = model(batch)["logits"].argmax(dim=1).tolist()
         for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
@@ -189,7 +191,10 @@ def train_vqa(
     resume: bool = False,
     echo: Callable[[str], None] | None = print,
 ) -> LoopState:
-    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt)."""
+    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt).
+
+    Under torchrun every rank calls this alike (see :mod:`butd.train.distributed`); rank 0 writes."""
+    info, device = ddp.setup(_resolve_device(cfg.device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
@@ -197,11 +202,10 @@ def train_vqa(
     answers = ckpt.meta["answers"] if ckpt else None
     train_ds, val_ds, vocab, answers, reports = prepare_data(cfg, paths, vocab, answers)
     for split, rep in reports.items():
-        if rep["missing_questions"] and echo:
+        if rep["missing_questions"] and echo and info.is_main:
             echo(f"{split}: skipped {rep['missing_questions']} question(s) on {rep['missing_images']} "
                  "image(s) missing from the feature store")
     torch.manual_seed(cfg.loop.seed)
-    device = _resolve_device(cfg.device)
     model = _build_model(cfg, vocab, answers, train_ds.feature_dim, paths.glove)
     if ckpt is None and hasattr(model, "init_answer_bias"):
         model.init_answer_bias(train_ds.answer_prior())
@@ -209,22 +213,30 @@ def train_vqa(
     optimizer = OPTIMIZERS[cfg.optimizer](params, lr=cfg.loop.lr, weight_decay=cfg.weight_decay)
     import yaml
 
-    (out / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
     store = store_facts(train_ds.store)
-    write_run(out, task="vqa", model=cfg.model_name, store=store, data_report=reports,
-              num_answers=len(answers), vocab_size=len(vocab),
-              data={"features": paths.features, "questions": paths.questions, "annotations": paths.annotations,
-                    "val_questions": paths.val_questions, "val_annotations": paths.val_annotations,
-                    "glove": paths.glove})
-    _write_json(out / "answers.json", answers)
-    write_words(out / "vocab.json", vocab.words, "question")
+    if info.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
+        write_run(out, task="vqa", model=cfg.model_name, store=store, data_report=reports,
+                  num_answers=len(answers), vocab_size=len(vocab), world_size=info.world_size,
+                  data={"features": paths.features, "questions": paths.questions,
+                        "annotations": paths.annotations, "val_questions": paths.val_questions,
+                        "val_annotations": paths.val_annotations, "glove": paths.glove})
+        _write_json(out / "answers.json", answers)
+        write_words(out / "vocab.json", vocab.words, "question")
     meta = checkpoint_meta("vqa", cfg.model_name, to_plain(cfg), vocab.words, store, answers=answers)
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        if val_ds is None or not any(ex.answers for ex in val_ds.examples):
-            return {}
-        res, _ = evaluate_dataset(m, val_ds, cfg.eval_batch_size, device)
+    anns = _annotations(val_ds.examples) if val_ds is not None else []
+    val_mine = ddp.shard_indices(len(val_ds), info) if val_ds is not None else []
+
+    def _val_accuracy(items: list[Any]) -> dict[str, float]:  # once, over every rank's predictions
+        res = vqa_accuracy(dict(items), anns, question_ids=[a["question_id"] for a in anns])
         return {"accuracy": res["overall"], **{f"acc_{k}": v for k, v in res["per_answer_type"].items()}}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        if val_ds is None or not anns:
+            return {}
+        preds = predict(m, val_ds, cfg.eval_batch_size, device, indices=val_mine)
+        return ddp.gathered_metrics([[q, a] for q, a in preds.items()], _val_accuracy)
 
     def loss_fn(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": vqa_loss(outputs["logits"], batch["target"])}
