@@ -20,8 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
+from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 
-__all__ = ["SCHEDULES", "Callback", "EarlyStopping", "EpochSampler", "LoopConfig", "LoopState",
+CLIP_MODES = ("norm", "value")
+
+__all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "EpochSampler", "LoopConfig", "LoopState",
            "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "apply_overrides", "config_to_dict",
            "fit", "lr_at"]
 
@@ -49,53 +52,6 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any] | None, where: str = "co
     return dataclasses.replace(cfg, **changes)
 
 
-# --------------------------------------------------------------------------------------- LR schedules
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """LR schedule: ``name`` in SCHEDULES; steps are optimiser steps."""
-
-    name: str = "constant"
-    warmup_steps: int = 0
-    decay_start: int = 0  # warmup_step: first step of the first decay
-    decay_every: int = 0  # warmup_step: steps between decays (0 = never)
-    gamma: float = 0.25
-    min_lr: float = 0.0  # cosine floor
-
-
-def _warmup(step: int, cfg: ScheduleConfig) -> float:
-    return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-
-
-def lr_constant(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    return base * _warmup(step, cfg)
-
-
-def lr_warmup_step(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Linear warmup, then multiply by ``gamma`` every ``decay_every`` steps from ``decay_start``."""
-    decaying = cfg.decay_every > 0 and step >= cfg.decay_start
-    n = (step - cfg.decay_start) // cfg.decay_every + 1 if decaying else 0
-    return base * _warmup(step, cfg) * cfg.gamma**n
-
-
-def lr_cosine(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Linear warmup, then cosine from ``base`` to ``min_lr`` at the last step (``total`` - 1)."""
-    if step < cfg.warmup_steps:
-        return base * _warmup(step, cfg)
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - 1 - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
-
-
-SCHEDULES: dict[str, Callable[[int, float, ScheduleConfig, int], float]] = {
-    "constant": lr_constant, "warmup_step": lr_warmup_step, "cosine": lr_cosine}
-
-
-def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Learning rate for optimiser step ``step`` (0-based) of ``total``."""
-    if cfg.name not in SCHEDULES:
-        raise ValueError(f"unknown LR schedule {cfg.name!r} (known: {', '.join(SCHEDULES)})")
-    return SCHEDULES[cfg.name](step, base, cfg, total)
-
-
 # --------------------------------------------------------------------------------------- loop pieces
 @dataclass(frozen=True)
 class LoopConfig:
@@ -104,7 +60,8 @@ class LoopConfig:
     epochs: int = 10
     batch_size: int = 512
     lr: float = 2e-3
-    grad_clip: float = 0.25  # max global grad norm; 0 = off
+    grad_clip: float = 0.25  # max global grad norm (clip_mode "norm") or max |g| ("value"); 0 = off
+    clip_mode: str = "norm"  # norm (torch clip_grad_norm_) | value (clip_grad_value_, elementwise)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
     num_workers: int = 0
@@ -163,6 +120,9 @@ class EpochSampler(Sampler[int]):
 
 class Callback:
     """Hooks; ``on_epoch_end`` returning True stops training."""
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        pass
 
     def on_step(self, state: LoopState, logs: dict[str, float]) -> None:
         pass
@@ -233,6 +193,19 @@ def _batch_ids(batch: dict[str, Any], key: str) -> list[int]:
     return [int(i) for i in ids] if isinstance(ids, torch.Tensor) else list(ids or [])
 
 
+def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
+    """Clip gradients as configured; returns the global gradient norm before clipping."""
+    if config.clip_mode not in CLIP_MODES:
+        raise ValueError(f"unknown clip_mode {config.clip_mode!r} (known: {', '.join(CLIP_MODES)})")
+    params = [p for p in model.parameters() if p.grad is not None]
+    if config.clip_mode == "norm" and config.grad_clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+    norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+    if config.clip_mode == "value" and config.grad_clip > 0:
+        torch.nn.utils.clip_grad_value_(params, config.grad_clip)
+    return norm
+
+
 # --------------------------------------------------------------------------------------- the loop
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
         loss_fn: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
@@ -281,9 +254,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             model.train()
             sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
             t0, running, seen = time.perf_counter(), 0.0, 0
+            for cb in callbacks:
+                cb.on_epoch_start(state)
             for batch in loader:
                 batch = _to_device(batch, device)
-                lr = lr_at(state.step, config.lr, config.schedule, total)
+                lr = lr_at(state.step, config.lr, config.schedule, total, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 outputs = model(batch)
@@ -293,8 +268,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                grad_norm = _clip(model, config)
                 if not math.isfinite(grad_norm):
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
                 optimizer.step()
