@@ -70,9 +70,10 @@ def _run_info(run: Path) -> dict[str, Any]:
 @click.command("eval")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default=None, help="test (captioning default) or val (VQA default).")
-@click.option("--beam", default=3, show_default=True, type=int, help="Beam width for captioning (1 = greedy).")
+@click.option("--beam", default=None, type=int,
+              help="Beam width for captioning (1 = greedy); default: the run's decode config.")
 @click.option("--device", default="cpu", show_default=True)
-def eval_cmd(run: Path, split: str | None, beam: int, device: str) -> None:
+def eval_cmd(run: Path, split: str | None, beam: int | None, device: str) -> None:
     """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
     info = _run_info(run)
     try:
@@ -86,7 +87,7 @@ def eval_cmd(run: Path, split: str | None, beam: int, device: str) -> None:
         report = eval_caption(run, split or "test", beam, device=device)
     except (ValueError, OSError, KeyError) as exc:
         raise _fail(exc) from None
-    click.echo(f"{report['model_name']} on {report['split']} ({report['n_images']} images, beam {beam})")
+    click.echo(f"{report['model_name']} on {report['split']} ({report['n_images']} images, beam {report['beam']})")
     for name, value in report["metrics"].items():
         if isinstance(value, float):  # fractions, shown x100 as in the papers
             click.echo(f"  {name:10s} {100 * value:6.1f}")
@@ -124,13 +125,13 @@ def _features_of(images: list[Path], extractor: dict[str, Any], device: str) -> 
 @click.command("caption")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--beam", default=3, show_default=True, type=int)
+@click.option("--beam", default=None, type=int, help="Beam width (1 = greedy); default: the run's decode config.")
 @click.option("--device", default="cpu", show_default=True)
-def caption_cmd(run: Path, images: tuple[Path, ...], beam: int, device: str) -> None:
+def caption_cmd(run: Path, images: tuple[Path, ...], beam: int | None, device: str) -> None:
     """Caption new IMAGES end to end: the run's extractor, then its model. One line per image."""
     import torch
 
-    from butd.models.decoding import DecodeConfig, decode
+    from butd.models.decoding import decode, with_beam
     from butd.train.caption import load_caption_run
     from butd.train.scst import tokens_to_text
 
@@ -139,12 +140,15 @@ def caption_cmd(run: Path, images: tuple[Path, ...], beam: int, device: str) -> 
         raise click.ClickException(f"{run} is a {info['task']} run; `butd caption` needs a captioning run")
     cfg, model, vocab, info = load_caption_run(run, device)
     extractor = _store_extractor(info["features"], info.get("extractor"))
-    dcfg = DecodeConfig(method="beam" if beam > 1 else "greedy", beam=beam, max_len=cfg.data.max_len)
+    try:
+        dcfg = with_beam(cfg.decode, beam)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     for path, rec in _features_of(list(images), extractor, device):
         feats = torch.from_numpy(np.array(rec["features"][: cfg.data.max_boxes], dtype=np.float32))[None]
         mask = torch.ones(feats.shape[:2], dtype=torch.bool)
         with torch.no_grad():
-            tokens = decode(model, feats.to(device), mask.to(device), dcfg)
+            tokens = decode(model, feats.to(device), mask.to(device), dcfg, vocab.words)
         click.echo(f"{path}\t{tokens_to_text(tokens.cpu(), vocab)[0]}")
 
 

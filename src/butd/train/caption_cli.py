@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,29 @@ def _result_id(image_id: str) -> int | str:
     return int(image_id) if image_id.isdigit() else image_id
 
 
-def eval_caption(run: str | Path, split: str = "test", beam: int = 3, *, scorers: Any = None,
-                 device: str = "cpu") -> dict[str, Any]:
+def eval_caption(run: str | Path, split: str = "test", beam: int | None = None, *, scorers: Any = None,
+                 device: str = "cpu", decode: Any = None) -> dict[str, Any]:
     """Caption every image of ``split`` with the run's final model and score against the references.
 
-    Decodes with beam search of width ``beam`` (greedy when 1), writes ``RUN/captions_{split}.json``
+    Decodes as the run's ``decode:`` config says (or ``decode``, a DecodeConfig), with its beam width replaced
+    by ``beam`` when given (greedy when 1), writes ``RUN/captions_{split}.json``
     (COCO results format ``[{"image_id", "caption"}]``) and ``RUN/eval_{split}.json`` (metrics: BLEU-1..4,
     METEOR, ROUGE-L, CIDEr and SPICE when available, with skipped metrics and why). Returns the latter.
     """
     from butd.datasets.captions import CaptionDataset, load_karpathy, split_images
     from butd.evaluate.caption_metrics import caption_metrics, ptb_tokenize
-    from butd.models.decoding import DecodeConfig
+    from butd.models.decoding import with_beam
     from butd.shards import FeatureStore
     from butd.train.caption import generate_captions, load_caption_run
 
-    if beam < 1:
+    if beam is not None and beam < 1:
         raise ValueError("beam must be >= 1")
     run = Path(run)
     cfg, model, vocab, info = load_caption_run(run, device)
     images = split_images(load_karpathy(info["captions"]), split)
     dataset = CaptionDataset(images, FeatureStore(info["features"]), vocab, cfg.data, per_caption=False,
                              skip_missing=bool(info.get("skip_missing", False)))
-    dcfg = DecodeConfig(method="beam" if beam > 1 else "greedy", beam=beam, max_len=cfg.data.max_len,
-                        length_penalty=cfg.decode.length_penalty)
+    dcfg = with_beam(decode if decode is not None else cfg.decode, beam)
     preds = generate_captions(model, dataset, vocab, dcfg, cfg.eval_batch_size, device)
     java = shutil.which("java") is not None
     if java:  # the COCO protocol: raw references, PTB-tokenised on both sides
@@ -58,7 +59,8 @@ def eval_caption(run: str | Path, split: str = "test", beam: int = 3, *, scorers
     results = [{"image_id": _result_id(k), "caption": v} for k, v in preds.items()]
     (run / f"captions_{split}.json").write_text(json.dumps(results), encoding="utf-8")
     skipped = metrics.pop("skipped", {})
-    report = {"split": split, "beam": beam, "n_images": len(preds), "model_name": cfg.model_name,
+    report = {"split": split, "beam": dcfg.beam if dcfg.method == "beam" else 1, "decode": asdict(dcfg),
+              "n_images": len(preds), "model_name": cfg.model_name,
               "metrics": metrics, "skipped": skipped, "captions": f"captions_{split}.json"}
     (run / f"eval_{split}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
@@ -112,9 +114,9 @@ def train_caption_cmd(model_name: str | None, features: Path, captions: Path, ou
 @click.command("eval-caption")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True)
-@click.option("--beam", default=3, show_default=True, type=int)
+@click.option("--beam", default=None, type=int, help="Beam width (1 = greedy); default: the run's decode config.")
 @click.option("--device", default="cpu", show_default=True)
-def eval_caption_cmd(run: Path, split: str, beam: int, device: str) -> None:
+def eval_caption_cmd(run: Path, split: str, beam: int | None, device: str) -> None:
     """Caption SPLIT with RUN's model; write RUN/eval_SPLIT.json and RUN/captions_SPLIT.json."""
     from butd.datasets.captions import CaptionDataError
     from butd.shards import StoreError
@@ -124,6 +126,6 @@ def eval_caption_cmd(run: Path, split: str, beam: int, device: str) -> None:
     except (CaptionDataError, StoreError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     shown = " ".join(f"{k}={v:.3f}" for k, v in report["metrics"].items() if isinstance(v, float))
-    click.echo(f"{split} ({report['n_images']} images, beam {beam}): {shown}")
+    click.echo(f"{split} ({report['n_images']} images, beam {report['beam']}): {shown}")
     for reason in report["skipped"].values():
         click.echo(reason)
