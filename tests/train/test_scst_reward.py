@@ -24,7 +24,8 @@ def _ids(vocab: Vocab, text: str, eos: bool) -> list[int]:
 
 def test_reward_texts_and_refs() -> None:
     vocab = Vocab(WORDS)
-    rows = torch.tensor([_ids(vocab, "a cat on a bed", True) + [0, 0], _ids(vocab, "a cat on a bed a cat", False) + [0]])
+    rows = torch.tensor([_ids(vocab, "a cat on a bed", True) + [0, 0],
+                         _ids(vocab, "a cat on a bed a cat", False) + [0]])
     assert reward_texts(rows, vocab, True) == ["a cat on a bed <eos>", "a cat on a bed a cat"]
     assert reward_texts(rows, vocab, False) == ["a cat on a bed", "a cat on a bed a cat"]
     assert reward_refs([["a b"]], True) == [["a b <eos>"]] and reward_refs([["a b"]], False) == [["a b"]]
