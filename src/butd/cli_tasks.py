@@ -73,14 +73,16 @@ def _run_info(run: Path) -> dict[str, Any]:
 @click.option("--beam", default=None, type=int,
               help="Beam width for captioning (1 = greedy); default: the run's decode config.")
 @click.option("--device", default="cpu", show_default=True)
-def eval_cmd(run: Path, split: str | None, beam: int | None, device: str) -> None:
+@click.option("--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
+              help="VQA runs: official evaluator rules, 2017 (challenge and papers) or master (2021 fix).")
+def eval_cmd(run: Path, split: str | None, beam: int | None, device: str, vqa_eval: str) -> None:
     """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
     info = _run_info(run)
     try:
         if info["task"] == "vqa":
             from butd.train.vqa import eval_run
 
-            eval_run(run, split or "val", echo=click.echo)
+            eval_run(run, split or "val", echo=click.echo, version=vqa_eval)
             return
         from butd.train.caption_cli import eval_caption
 

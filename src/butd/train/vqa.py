@@ -22,6 +22,7 @@ from butd.datasets.vqa import (
     VQADataset,
     VQAExample,
     build_answer_set,
+    candidate_examples,
     join_store,
     load_vqa,
 )
@@ -122,11 +123,10 @@ def prepare_data(
     if val:
         val, reports["val"] = join_store(val, store, cfg.data.skip_missing)
     vocab = vocab or Vocab.build(train)
-    labelled_val = [ex for ex in val if ex.answers]
     answers = (
         list(answers)
         if answers is not None
-        else build_answer_set(train + labelled_val, cfg.data.min_answer_count)
+        else build_answer_set(candidate_examples(train, val, cfg.data.answers_from), cfg.data.min_answer_count)
     )
     train_ds = VQADataset(train, store, vocab, answers, cfg.data)
     val_ds = VQADataset(val, store, vocab, answers, cfg.data) if val else None
@@ -296,9 +296,10 @@ def split_files(info: dict[str, Any], split: str) -> tuple[Any, Any]:
 
 
 def eval_run(
-    run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print
+    run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print, version: str = "2017"
 ) -> dict[str, Any]:
-    """Evaluate a run on its ``split`` ("val" or "train").
+    """Evaluate a run on its ``split`` ("val" or "train") with the official evaluator ``version``
+    ("2017" or "master", see butd.evaluate.vqa_accuracy).
 
     Writes eval_<split>.json and results_<split>.json (official results format)."""
     run = Path(run)
@@ -312,11 +313,12 @@ def eval_run(
     anns = _annotations(examples)
     result: dict[str, Any] = {"split": split, "data": report}
     if anns:
-        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns]))
+        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns], version=version))
     _write_json(run / f"eval_{split}.json", result)
     _write_json(run / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in preds.items()])
     if echo is not None and anns:
-        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions")
+        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions "
+             f"(official evaluator, {version} rules)")
         for k, v in sorted(result["per_answer_type"].items()):
             echo(f"  {k:8s} {v:.2f}")
     return result

@@ -104,20 +104,26 @@ def train_vqa_cmd(
     click.echo(f"done: {state.step} steps, {state.epoch} epochs{best}; run in {Path(out)}")
 
 
-def eval_vqa(run: str | Path, split: str = "val") -> dict[str, Any]:
+def eval_vqa(run: str | Path, split: str = "val", vqa_eval: str = "2017") -> dict[str, Any]:
     """Evaluate a VQA run; prints overall + per answer type, writes RUN/eval_<split>.json and
     RUN/results_<split>.json (official results format)."""
     from butd.train.vqa import eval_run
 
-    return eval_run(run, split, echo=click.echo)
+    return eval_run(run, split, echo=click.echo, version=vqa_eval)
+
+
+VQA_EVAL_OPTION = click.option(
+    "--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
+    help="Official evaluator rules: 2017 (vqaEval.py of the challenge and papers) or master (2021 fix).")
 
 
 @click.command("eval")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-def eval_vqa_cmd(run: str, split: str) -> None:
+@VQA_EVAL_OPTION
+def eval_vqa_cmd(run: str, split: str, vqa_eval: str) -> None:
     """Evaluate a trained VQA run with the official accuracy."""
     try:
-        eval_vqa(run, split)
+        eval_vqa(run, split, vqa_eval)
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
