@@ -61,3 +61,13 @@ def test_clip_by_value_is_elementwise_and_by_norm_is_global() -> None:
     assert m.weight.grad.tolist() == [pytest.approx([0.0, 0.06, 0.08], rel=1e-4)]
     with pytest.raises(ValueError, match="unknown clip_mode"):
         _clip(m, LoopConfig(clip_mode="both"))
+
+
+def test_min_steps_per_epoch_shrinks_the_batch_on_small_sets_only() -> None:
+    from butd.train.loop import effective_batch_size
+
+    cfg = LoopConfig(batch_size=512, min_steps_per_epoch=50)
+    assert effective_batch_size(443_757, cfg) == 512  # VQA v2 train: the reference batch
+    assert effective_batch_size(2_000, cfg) == 40  # a toy set: 50 steps an epoch
+    assert effective_batch_size(10, cfg) == 1
+    assert effective_batch_size(2_000, LoopConfig(batch_size=512)) == 512  # off by default

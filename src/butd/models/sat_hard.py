@@ -31,10 +31,9 @@ __all__ = ["SatHard", "SatHardConfig"]
 
 @dataclass(frozen=True)
 class SatHardConfig(SatConfig):
-    """Show-Attend-Tell hard attention: SatConfig plus the REINFORCE settings."""
+    """Show-Attend-Tell hard attention: SatConfig (selector and lambda as arctic-captions' evaluate_coco.py
+    passes them to both attention types) plus the REINFORCE settings."""
 
-    selector: bool = False
-    alpha_c: float = 0.0
     expected_prob: float = 0.5  # chance that a step uses the expected context instead of a sample
     reinforce_weight: float = 1.0  # lambda_r
     entropy_weight: float = 0.01  # lambda_e

@@ -26,7 +26,7 @@ CLIP_MODES = ("norm", "value")
 
 __all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "EpochSampler", "LoopConfig", "LoopState",
            "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "apply_overrides", "config_to_dict",
-           "fit", "lr_at"]
+           "effective_batch_size", "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- config helpers
@@ -59,6 +59,9 @@ class LoopConfig:
 
     epochs: int = 10
     batch_size: int = 512
+    # shrink the batch (never grow it) so that an epoch has at least this many steps (0 = off): the reference
+    # batch on a large set, enough updates on a small one (see effective_batch_size)
+    min_steps_per_epoch: int = 0
     lr: float = 2e-3
     grad_clip: float = 0.25  # max global grad norm (clip_mode "norm") or max |g| ("value"); 0 = off
     clip_mode: str = "norm"  # norm (torch clip_grad_norm_) | value (clip_grad_value_, elementwise)
@@ -193,6 +196,13 @@ def _batch_ids(batch: dict[str, Any], key: str) -> list[int]:
     return [int(i) for i in ids] if isinstance(ids, torch.Tensor) else list(ids or [])
 
 
+def effective_batch_size(n: int, config: LoopConfig) -> int:
+    """``config.batch_size``, or less when ``n`` examples would give fewer than ``min_steps_per_epoch`` steps."""
+    if config.min_steps_per_epoch <= 0 or n <= 0:
+        return config.batch_size
+    return max(1, min(config.batch_size, n // config.min_steps_per_epoch))
+
+
 def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
     """Clip gradients as configured; returns the global gradient norm before clipping."""
     if config.clip_mode not in CLIP_MODES:
@@ -237,10 +247,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
         restore_rng(resume.rng)
     callbacks = list(callbacks)
     sampler = EpochSampler(len(dataset), config.seed)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
+    batch_size = effective_batch_size(len(dataset), config)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                         num_workers=config.num_workers, collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(config.seed))
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(len(dataset) / batch_size)  # type: ignore[arg-type]
     total = steps_per_epoch * config.epochs
     logger = MetricsLogger(out_dir, echo)
     sign = 1.0 if config.monitor_mode == "max" else -1.0
@@ -252,7 +263,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     try:
         while state.epoch < config.epochs and not state.stopped:
             model.train()
-            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
+            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * batch_size)
             t0, running, seen = time.perf_counter(), 0.0, 0
             for cb in callbacks:
                 cb.on_epoch_start(state)
@@ -289,7 +300,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             if state.stopped:
                 checkpoint("last.pt")
                 break
-            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": running / max(1, seen),
+            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "batch_size": batch_size,
+                                          "train_loss": running / max(1, seen),
                                           "epoch_seconds": time.perf_counter() - t0}
             metrics = evaluate(model) if evaluate is not None else {}
             epoch_logs.update(metrics)

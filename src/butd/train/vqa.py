@@ -54,7 +54,10 @@ class VQATrainConfig:
     model_name: str = "updown"
     model: UpDownVQAConfig = field(default_factory=UpDownVQAConfig)
     data: VQADataConfig = field(default_factory=VQADataConfig)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=13, batch_size=512, lr=2e-3))
+    # bottom-up-attention-vqa (main.py, train.py): 30 epochs, batch 512, Adamax at its default 2e-3, constant,
+    # global-norm clip 0.25; butd: an epoch has >= 50 steps (smaller batches on small sets, see RECIPES.md)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        epochs=30, batch_size=512, min_steps_per_epoch=50, lr=2e-3, grad_clip=0.25, clip_mode="norm"))
     optimizer: str = "adamax"
     weight_decay: float = 0.0
     eval_batch_size: int = 512
