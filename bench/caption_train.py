@@ -25,7 +25,7 @@ def _batch(rng: np.random.Generator) -> dict:
     caps = torch.from_numpy(rng.integers(4, V, (B, L + 2))).long()
     caps[:, 0] = 1  # BOS
     caps[:, -1] = 2  # EOS
-    return {"feats": torch.randn(B, K, D), "mask": torch.ones(B, K, dtype=torch.bool), "captions": caps}
+    return {"features": torch.randn(B, K, D), "mask": torch.ones(B, K, dtype=torch.bool), "captions": caps}
 
 
 def _time(fn, steps: int) -> float:
@@ -73,12 +73,12 @@ def main() -> None:
 
     t = {}
     t0 = time.perf_counter()
-    out = sample_decode(model, batch["feats"], batch["mask"], L, n=5, with_grad=True)
+    out = sample_decode(model, batch["features"], batch["mask"], L, n=5, with_grad=True)
     t["sampling (5 per image, with grad)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
         model.eval()
-        greedy_decode(model, batch["feats"], batch["mask"], L)
+        greedy_decode(model, batch["features"], batch["mask"], L)
         model.train()
     t["greedy baseline decode"] = time.perf_counter() - t0
     t0 = time.perf_counter()

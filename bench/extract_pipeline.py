@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from butd.extract.grid import GridConfig  # noqa: E402
 from butd.extract.images import load_image  # noqa: E402
-from butd.extract.registry import ExtractorConfig, build_extractor  # noqa: E402
+from butd.extract.registry import build_extractor, extractor_config  # noqa: E402
 from butd.extract.runner import run_extraction  # noqa: E402
 from butd.extract.sources import iter_source  # noqa: E402
 
@@ -39,7 +40,7 @@ def make_images(root: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(small).resize((w, h), Image.BILINEAR).save(root / f"img{i:04d}.jpg", quality=90)
 
 
-def bare_rate(root: Path, cfg: ExtractorConfig, batch_size: int) -> float:
+def bare_rate(root: Path, cfg: GridConfig, batch_size: int) -> float:
     """images/s of extractor.extract alone on pre-decoded inputs (one thread, after one warm-up batch)."""
     torch.set_num_threads(1)
     ex = build_extractor(cfg.name, cfg)
@@ -52,7 +53,7 @@ def bare_rate(root: Path, cfg: ExtractorConfig, batch_size: int) -> float:
     return len(prep) / (time.perf_counter() - t)
 
 
-def pipeline_rate(root: Path, cfg: ExtractorConfig, out: Path, workers: int, batch_size: int) -> float:
+def pipeline_rate(root: Path, cfg: GridConfig, out: Path, workers: int, batch_size: int) -> float:
     s = run_extraction(iter_source("folder", root), cfg, out, workers=workers, threads=1, shard_size=16,
                        batch_size=batch_size, progress=False)
     assert s.written == s.total, s
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2, help="repeats; medians are reported")
     args = ap.parse_args()
-    cfg = ExtractorConfig(name="effnetlite0", image_size=args.image_size)
+    cfg = extractor_config("effnetlite0", image_size=args.image_size)
     bares, ones, twos = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"

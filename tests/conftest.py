@@ -1,5 +1,15 @@
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+if os.environ.get("BUTD_TEST_DUMMIES") == "1":  # tests/newcomer: run the parametrised tests with the dummies
+    sys.path.insert(0, str(Path(__file__).parent / "newcomer"))
+    from registry_lines import register_all
+
+    register_all()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`make demo`: the main job end to end on the embedded toy world, through the same commands a user types.
+"""`make demo`: the main job end to end on the embedded toy world, through the library calls behind the commands.
 
 toy world -> extraction (effnetlite0 with real ImageNet weights: given boxes, and a grid) -> Up-Down
 (XE then a little SCST) on regions and Show-Attend-Tell (soft) on the grid -> COCO metrics -> captions
@@ -8,12 +8,12 @@ for real photos shipped by skimage / sklearn / matplotlib -> Up-Down VQA -> HTML
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import click
 from rich.console import Console
 from rich.table import Table
 
@@ -43,69 +43,101 @@ def shipped_photos(dest: Path) -> list[Path]:
     return out
 
 
-class _Runner:
-    """Runs `butd` commands in this process, printing each as the user would type it."""
+class _Steps:
+    """Runs library calls, printing the `butd` command each one stands for and its time."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def __call__(self, *args: str | Path) -> None:
-        from butd.cli import main
-
-        argv = [str(a) for a in args]
-        self.console.print(f"[bold cyan]$ butd {shlex.join(argv)}")
+    def __call__(self, command: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.console.print(f"[bold cyan]$ butd {command}")
         t0 = time.perf_counter()
-        try:
-            main.main(argv, prog_name="butd", standalone_mode=False)
-        except click.ClickException as exc:
-            raise SystemExit(f"demo step failed: butd {shlex.join(argv)}: {exc.format_message()}") from None
+        result = fn(*args, **kwargs)
         self.console.print(f"[dim]({time.perf_counter() - t0:.1f} s)[/dim]")
+        return result
 
 
 def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = None) -> dict:
     """Run every stage on a fresh toy world in `out`; returns the headline numbers."""
+    from butd.datasets.toy import ToyConfig, make_toy_world
+    from butd.evaluate.report import render_attention, write_report
+    from butd.extract.registry import extractor_config
+    from butd.extract.runner import run_extraction
+    from butd.extract.sources import iter_source
+    from butd.shards import verify_store
+    from butd.tasks import task_module
+    from butd.tasks.common import resolve_device
+
     console = console or Console()
+    echo = console.print
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    butd = _Runner(console)
+    step = _Steps(console)
     toy, feats, runs = out / "toy", out / "features", out / "runs"
+    device = resolve_device("auto")
+    echo(f"device: {device}")
     t0 = time.perf_counter()
 
     console.rule("[bold]1. toy world")
-    butd("toy", "make", toy, "--images", n_images, "--seed", 0)
+    step(f"toy make {toy} --images {n_images} --seed 0", make_toy_world, toy, ToyConfig(n_images=n_images, seed=0))
     console.rule("[bold]2. extraction (Ray, 127.0.0.1 only)")
     for mode in ("boxes", "grid"):
-        butd("extract", "--dataset", "toy", "--root", toy, "--extractor", "effnetlite0", "--mode", mode,
-             "--out", feats / f"toy-{mode}", "--workers", 2, "--no-progress")
-    butd("shards", "info", feats / "toy-boxes")
+        store = feats / f"toy-{mode}"
+        step(f"extract --dataset toy --root {toy} --extractor effnetlite0 --mode {mode} --out {store}",
+             run_extraction, iter_source("toy", toy, mode=mode), extractor_config("effnetlite0", mode=mode), store,
+             workers=2, progress=False, source_info={"dataset": "toy", "root": str(toy.resolve())})
+        report = verify_store(store, progress=False)
+        if not report.ok:
+            raise SystemExit(f"demo step failed: {store} does not verify: {report.problems[0]}")
 
     console.rule("[bold]3. captioning: Up-Down on regions (XE, then SCST), Show-Attend-Tell on the grid")
     captions = toy / "dataset_coco.json"
-    for model, store, cfg in (("updown", "toy-boxes", "updown"), ("sat-soft", "toy-grid", "sat-soft")):
-        butd("train", "--model", model, "--config", CONFIGS / f"{cfg}.yaml", "--features", feats / store,
-             "--captions", captions, "--out", runs / model)
-        butd("eval", runs / model, "--split", "test", "--beam", 3)
+    caption = task_module("caption")
+    for model, store in (("updown", "toy-boxes"), ("sat-soft", "toy-grid")):
+        options = {"features": feats / store, "captions": captions, "device": device}
+        step(f"train --model {model} --config {CONFIGS / (model + '.yaml')} --features {feats / store} "
+             f"--captions {captions} --out {runs / model}",
+             caption.train, model, options, runs / model, config=CONFIGS / f"{model}.yaml", echo=echo)
+        step(f"eval {runs / model} --split test --beam 3", caption.evaluate, runs / model, "test", beam=3,
+             device=device, echo=echo)
 
-    console.rule("[bold]4. captions for real photos (extractor from the run's store manifest, then the model)")
+    console.rule("[bold]4. captions for real photos (the extractor recorded in the run, then the model)")
     photos = shipped_photos(out / "photos") or sorted((toy / "val2014").glob("*.jpg"))[:3]
-    butd("caption", runs / "sat-soft", *photos)
+    lines = step(f"caption {runs / 'sat-soft'} " + " ".join(str(p) for p in photos), caption.predict,
+                 runs / "sat-soft", photos, beam=3, device=device, warn=echo)
+    for path, text in lines:
+        echo(f"{path}\t{text}")
 
     console.rule("[bold]5. VQA: Up-Down with soft scores, the official accuracy")
-    vqa = toy / "vqa"
-    butd("train", "--model", "vqa", "--config", CONFIGS / "vqa.yaml", "--features", feats / "toy-boxes",
-         "--questions", vqa / "v2_OpenEnded_mscoco_train2014_questions.json",
-         "--annotations", vqa / "v2_mscoco_train2014_annotations.json",
-         "--val-questions", vqa / "v2_OpenEnded_mscoco_val2014_questions.json",
-         "--val-annotations", vqa / "v2_mscoco_val2014_annotations.json", "--out", runs / "vqa")
-    butd("eval", runs / "vqa", "--split", "val")
+    vqa, vdir = task_module("vqa"), toy / "vqa"
+    options = {"features": feats / "toy-boxes", "device": device,
+               "questions": [vdir / "v2_OpenEnded_mscoco_train2014_questions.json"],
+               "annotations": [vdir / "v2_mscoco_train2014_annotations.json"],
+               "val_questions": [vdir / "v2_OpenEnded_mscoco_val2014_questions.json"],
+               "val_annotations": [vdir / "v2_mscoco_val2014_annotations.json"]}
+    step(f"train --model vqa --config {CONFIGS / 'vqa.yaml'} --features {feats / 'toy-boxes'} ... --out {runs / 'vqa'}",
+         vqa.train, "vqa", options, runs / "vqa", config=CONFIGS / "vqa.yaml", echo=echo)
+    step(f"eval {runs / 'vqa'} --split val", vqa.evaluate, runs / "vqa", "val", device=device, echo=echo)
     val_image = sorted((toy / "val2014").glob("*.jpg"))[0]
-    butd("answer", runs / "vqa", val_image, "what color is the circle?", "--png", out / "answer_attention.png")
+    question = "what color is the circle?"
+    res = step(f"answer {runs / 'vqa'} {val_image} '{question}' --png {out / 'answer_attention.png'}",
+               vqa.predict, runs / "vqa", val_image, question, device=device)
+    for a, s in zip(res["answers"], res["scores"]):
+        echo(f"{s:6.3f}  {a}")
+    from PIL import Image
+
+    with Image.open(val_image) as im:
+        render_attention(im.convert("RGB"), res["attention"], boxes=res.get("boxes"),
+                         grid=res.get("grid")).save(out / "answer_attention.png")
 
     console.rule("[bold]6. HTML reports with the attention of every word")
-    for run, split in (("updown", "test"), ("sat-soft", "test"), ("vqa", "val")):
-        butd("report", runs / run, "--split", split, "--n", 12, "--out", out / "reports" / f"{run}.html")
+    for run, task in (("updown", "caption"), ("sat-soft", "caption"), ("vqa", "vqa")):
+        mod, page = task_module(task), out / "reports" / f"{run}.html"
+        items = step(f"report {runs / run} --split {mod.SPLIT} --n 12 --out {page}", mod.report_items,
+                     runs / run, mod.SPLIT, 12, None)
+        write_report(items, page, title=f"butd {task} report: {run}, {mod.SPLIT} split")
 
     summary = _summary(runs)
     table = Table(title=f"demo finished in {time.perf_counter() - t0:.0f} s — everything is in {out}")

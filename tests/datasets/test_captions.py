@@ -83,14 +83,14 @@ def test_dataset_and_collate(toy) -> None:
     ds = CaptionDataset(images, store, vocab, cfg)
     assert len(ds) == 5 * len(images)
     batch = collate_captions([ds[i] for i in range(7)])
-    b, k, d = batch["feats"].shape
+    b, k, d = batch["features"].shape
     assert (b, d) == (7, 32) and k <= 3 and batch["mask"].shape == (7, k)
     assert batch["mask"].dtype == torch.bool
     assert batch["captions"].shape[0] == 7 and batch["captions"].shape[1] <= 6 + 2
     assert (batch["captions"][:, 0] == BOS).all()
     assert all(len(r) == 5 for r in batch["refs"]) and len(batch["image_ids"]) == 7
     # padding rows are zero and masked
-    assert torch.all(batch["feats"][~batch["mask"]] == 0)
+    assert torch.all(batch["features"][~batch["mask"]] == 0)
     per_image = CaptionDataset(images, store, vocab, cfg, per_caption=False)
     assert len(per_image) == len(images)
 
@@ -126,5 +126,5 @@ def test_grid_store(tmp_path) -> None:
     ds = CaptionDataset(images, FeatureStore(tmp_path / "grid"), vocab, DataConfig(max_boxes=2))
     batch = collate_captions([ds[i] for i in range(3)])
     # max_boxes only truncates region stores
-    assert batch["feats"].shape == (3, 6, 4) and batch["feats"].dtype == torch.float32
-    assert batch["mask"].all() and float(batch["feats"][2, 5, 0]) == 2.0
+    assert batch["features"].shape == (3, 6, 4) and batch["features"].dtype == torch.float32
+    assert batch["mask"].all() and float(batch["features"][2, 5, 0]) == 2.0

@@ -224,10 +224,10 @@ def test_batch_equals_single(ex, rec0):
 
 
 def test_config_and_registry():
-    from butd.extract.registry import ExtractorConfig, build_extractor
+    from butd.extract.registry import build_extractor, extractor_config
 
     with pytest.warns(UserWarning):
-        e = build_extractor("bua-r101", ExtractorConfig(name="bua-r101", mode="detect", weights="random",
+        e = build_extractor("bua-r101", extractor_config("bua-r101", mode="detect", weights="random",
                                                         device="cpu", min_boxes=36, max_boxes=36))
     assert isinstance(e, BUTDExtractor) and e.kind == "region" and e.weights_sha256 is None
     cfg = e.config_dict()

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from butd.extract import registry
-from butd.extract.registry import Extractor, ExtractorConfig, build_extractor, names
+from butd.extract.registry import Extractor, build_extractor, extractor_config, names
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,24 +33,31 @@ def _photos() -> dict[str, np.ndarray]:
 
 def test_registry_names_and_config(tmp_path: Path) -> None:
     assert {"bua-r101", "vgg16", "vgg19", "resnet101", "resnet152", "effnetlite0"} <= set(names())
-    (tmp_path / "c.yaml").write_text("name: effnetlite0\nimage_size: 96\nextra: {roi_size: 3}\n")
-    cfg = ExtractorConfig.from_yaml(tmp_path / "c.yaml", mode="boxes", weights=None)
-    assert (cfg.image_size, cfg.mode, cfg.weights, cfg.extra) == (96, "boxes", None, {"roi_size": 3})
-    with pytest.raises(ValueError):
-        ExtractorConfig(name="x", mode="nope")
-    with pytest.raises(KeyError):
+    from butd.config import read_yaml
+
+    (tmp_path / "c.yaml").write_text("image_size: 96\nroi_size: 3\nmean: [0.5, 0.5, 0.5]\n")
+    cfg = extractor_config("effnetlite0", read_yaml(tmp_path / "c.yaml"), mode="boxes", weights=None)
+    assert (cfg.image_size, cfg.mode, cfg.weights, cfg.roi_size, cfg.mean) == (96, "boxes", None, 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="mode must be 'grid' or 'boxes'"):
+        extractor_config("effnetlite0", mode="detect")
+    with pytest.raises(ValueError, match="unknown GridConfig key 'min_boxes'"):
+        extractor_config("effnetlite0", min_boxes=3)
+    with pytest.raises(ValueError, match="unknown extractor 'no-such-net'"):
         build_extractor("no-such-net")
 
-    @registry.register("unit-test-net")
-    def _build(cfg: ExtractorConfig) -> Extractor:
-        return cfg  # type: ignore[return-value]
 
-    assert build_extractor("unit-test-net", cfg).name == "unit-test-net"
-    assert "unit-test-net" in names()
+def test_random_init_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_extractor("effnetlite0", extractor_config("effnetlite0", weights="random", image_size=64))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_effnetlite0_real_imagenet_weights() -> None:
-    ex = build_extractor("effnetlite0", ExtractorConfig(name="effnetlite0", image_size=224))
+    ex = build_extractor("effnetlite0", extractor_config("effnetlite0", image_size=224))
     assert ex.kind == "grid" and isinstance(ex, Extractor) and len(ex.weights_sha256) == 64
     net = ex.body.net
     want = {"cat": {281, 282, 283, 284, 285}, "coffee": {504, 967, 968}, "grace": {652, 834, 457}}
@@ -72,7 +78,7 @@ def test_effnetlite0_real_imagenet_weights() -> None:
 def test_effnetlite0_boxes_mode_and_weights_files(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    base = build_extractor("effnetlite0", ExtractorConfig(name="effnetlite0", image_size=64))
+    base = build_extractor("effnetlite0", extractor_config("effnetlite0", image_size=64))
     sd = {k: v.contiguous() for k, v in base.body.net.state_dict().items()}
     save_file(sd, str(tmp_path / "w.safetensors"))
     torch.save(sd, tmp_path / "w.pth")
@@ -81,7 +87,7 @@ def test_effnetlite0_boxes_mode_and_weights_files(tmp_path: Path) -> None:
     boxes = np.array([[0, 0, w, h], [50, 40, 200, 220], [300, 10, 450, 200]], np.float32)
     recs = []
     for w in ("w.safetensors", "w.pth"):
-        cfg = ExtractorConfig(name="effnetlite0", mode="boxes", image_size=64, fp16=True,
+        cfg = extractor_config("effnetlite0", mode="boxes", image_size=64, fp16=True,
                               weights=str(tmp_path / w))
         ex = build_extractor("effnetlite0", cfg)
         assert ex.kind == "region" and ex.weights_sha256 != base.weights_sha256
@@ -98,7 +104,7 @@ def test_effnetlite0_boxes_mode_and_weights_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name,dim,stride", [("vgg16", 512, 16), ("vgg19", 512, 16), ("resnet101", 2048, 32)])
 def test_torchvision_grids_random_init(name: str, dim: int, stride: int) -> None:
     with pytest.warns(UserWarning, match="RANDOM"):
-        ex = build_extractor(name, ExtractorConfig(name=name, weights="random", image_size=64, grid_size=3))
+        ex = build_extractor(name, extractor_config(name, weights="random", image_size=64, grid_size=3))
     last_conv = [m for m in ex.body.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     assert last_conv.out_channels == dim
     if name.startswith("vgg"):  # ends at conv5_3 / conv5_4 + ReLU, before the last max-pool
@@ -112,6 +118,6 @@ def test_torchvision_grids_random_init(name: str, dim: int, stride: int) -> None
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = build_extractor(name, ExtractorConfig(name=name, weights="random", image_size=64,
+        again = build_extractor(name, extractor_config(name, weights="random", image_size=64,
                                                       grid_size=3))
     np.testing.assert_array_equal(again.extract([again.preprocess(img)])[0]["features"], rec["features"])

@@ -20,7 +20,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 ray = pytest.importorskip("ray")
 
-from butd.extract.registry import ExtractorConfig  # noqa: E402
+from butd.extract.registry import extractor_config  # noqa: E402
 from butd.extract.runner import FAILURES_NAME, run_extraction, start_local_ray  # noqa: E402
 from butd.extract.sources import iter_source  # noqa: E402
 from butd.shards import FeatureStore, verify_store  # noqa: E402
@@ -90,12 +90,12 @@ def _records(path: Path) -> dict[str, dict[str, bytes]]:
 def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_ray: None) -> None:
     from click.testing import CliRunner
 
-    from butd.extract.extract_cli import extract_cmd
+    from butd.cli import main
 
     out = tmp_path / "store"
     args = ["--dataset", "folder", "--root", str(photos), "--extractor", "effnetlite0", "--image-size", "96",
             "--out", str(out), "--workers", "1", "--shard-size", "2", "--batch-size", "2", "--no-progress"]
-    res = CliRunner().invoke(extract_cmd, args)
+    res = CliRunner().invoke(main, ["extract", *args])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
     summary = json.loads(res.stdout.strip().splitlines()[0])
@@ -113,13 +113,13 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     assert [f["image_id"] for f in fails] == ["text", "truncated", "zero"]
     assert all(f["reason"] and Path(f["path"]).name == f["image_id"] + ".jpg" for f in fails)
     # a rerun of a finished store is a no-op
-    again = run_extraction(iter_source("folder", photos), ExtractorConfig(name="effnetlite0", image_size=96),
+    again = run_extraction(iter_source("folder", photos), extractor_config("effnetlite0", image_size=96),
                            out, progress=False)
     assert again.complete and again.written == 0 and again.already_done == 6
 
 
 def _kill_cmd(root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "butd.extract.extract_cli", "--dataset", "folder", "--root", str(root),
+    return [sys.executable, "-m", "butd", "extract", "--dataset", "folder", "--root", str(root),
             "--extractor", "effnetlite0", "--image-size", "64", "--out", str(out), "--workers", "1",
             "--shard-size", "4", "--batch-size", "2", "--threads", "1", "--no-progress", "--no-verify"]
 
@@ -134,7 +134,7 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path: Path, local_ray: None
     _add_broken(root)
     (root / "im0105.jpg").write_bytes(b"")  # broken files among the good ones, not only at the end
     (root / "im0205.jpg").write_text("text")
-    cfg = ExtractorConfig(name="effnetlite0", image_size=64)
+    cfg = extractor_config("effnetlite0", image_size=64)
     clean = tmp_path / "clean"
     s = run_extraction(iter_source("folder", root), cfg, clean, shard_size=4, batch_size=2, workers=1,
                        threads=1, progress=False)
@@ -175,7 +175,7 @@ def test_resume_with_other_settings_is_refused(photos: Path, tmp_path: Path, loc
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"extractor": {"name": "effnetlite0"}, "shard_size": 1}))
     with pytest.raises(RuntimeError, match="other extractor/shard settings"):
-        run_extraction(iter_source("folder", photos), ExtractorConfig(name="effnetlite0", image_size=64), out,
+        run_extraction(iter_source("folder", photos), extractor_config("effnetlite0", image_size=64), out,
                        workers=1, progress=False)
 
 def test_two_node_cluster(tmp_path: Path, local_ray: None) -> None:
@@ -190,7 +190,7 @@ def test_two_node_cluster(tmp_path: Path, local_ray: None) -> None:
     try:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
-        cfg = ExtractorConfig(name="effnetlite0", mode="boxes", image_size=64)
+        cfg = extractor_config("effnetlite0", mode="boxes", image_size=64)
         out = tmp_path / "store"
         s = run_extraction(iter_source("toy", tmp_path / "toy", mode="boxes"), cfg, out,
                            address=cluster.address, workers=1, shard_size=3, batch_size=2, progress=False)
@@ -215,7 +215,7 @@ def test_cli_detector_on_a_real_photo_and_broken_files(photos: Path, tmp_path: P
     """The issue's done-when for bua-r101: a verified store from real photos, broken files in failures."""
     from click.testing import CliRunner
 
-    from butd.extract.extract_cli import extract_cmd
+    from butd.cli import main
 
     root = tmp_path / "photos"
     root.mkdir()
@@ -225,7 +225,7 @@ def test_cli_detector_on_a_real_photo_and_broken_files(photos: Path, tmp_path: P
     out = tmp_path / "store"
     args = ["--dataset", "folder", "--root", str(root), "--extractor", "bua-r101", "--weights", "random",
             "--min-boxes", "36", "--max-boxes", "36", "--out", str(out), "--workers", "1", "--no-progress"]
-    res = CliRunner().invoke(extract_cmd, args)
+    res = CliRunner().invoke(main, ["extract", *args])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert verify_store(out, progress=False).ok
     store = FeatureStore(out)

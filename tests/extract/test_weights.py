@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from butd.cli import main
 from butd.extract import weights as W
-from butd.extract.detector import BUTDDetector
+from butd.extract.detector import BUTDDetector, convert_weights, load_detector
 
 torch.set_num_threads(2)
 
@@ -106,7 +107,7 @@ def pth_source(tmp_path_factory):
 
 
 def _check_converted(dest, state, layout):
-    model, sha = W.load_detector(dest)
+    model, sha = load_detector(dest)
     assert model.layout.name == layout and len(sha) == 64
     sd = model.state_dict()
     n = 0
@@ -122,14 +123,14 @@ def _check_converted(dest, state, layout):
 
 def test_convert_pkl_bit_exact(pkl_source, tmp_path):
     src, state = pkl_source
-    summary = W.convert_checkpoint(src, tmp_path / "bua.safetensors")
+    summary = convert_weights(src, tmp_path / "bua.safetensors")
     assert summary["layout"] == "d2" and summary["tensors"] == len(state) and summary["dropped"] == []
     _check_converted(tmp_path / "bua.safetensors", state, "d2")
 
 
 def test_convert_pth_bit_exact(pth_source, tmp_path):
     src, state = pth_source
-    summary = W.convert_checkpoint(src, tmp_path / "bua.safetensors")
+    summary = convert_weights(src, tmp_path / "bua.safetensors")
     assert summary["layout"] == "caffe" and summary["renamed"] == 5
     assert summary["dropped"] and all(d.endswith("num_batches_tracked") for d in summary["dropped"])
     _check_converted(tmp_path / "bua.safetensors", state, "caffe")
@@ -142,7 +143,7 @@ def test_convert_pth_bit_exact(pth_source, tmp_path):
 def test_convert_cli(pkl_source, tmp_path):
     from click.testing import CliRunner
 
-    res = CliRunner().invoke(W.convert_cmd, [str(pkl_source[0]), str(tmp_path / "w.safetensors")])
+    res = CliRunner().invoke(main, ["weights", "convert", str(pkl_source[0]), str(tmp_path / "w.safetensors")])
     assert res.exit_code == 0, res.output
     assert "layout d2" in res.output and (tmp_path / "w.safetensors").is_file()
 
@@ -160,7 +161,7 @@ def test_malicious_pickle_is_rejected_without_running(tmp_path):
     src = tmp_path / "evil.pkl"
     src.write_bytes(pickle.dumps({"model": {"x": _Evil(marker)}}, protocol=2))
     with pytest.raises(W.UnsafePickleError, match=r"system"):
-        W.convert_checkpoint(src, tmp_path / "out.safetensors")
+        convert_weights(src, tmp_path / "out.safetensors")
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
 
@@ -192,9 +193,9 @@ def test_safetensors_key_mismatch_and_bad_file(tmp_path):
     save_file({"proposal_generator.rpn_head.objectness_logits.weight": torch.zeros(12, 512, 1, 1)},
               str(tmp_path / "partial.safetensors"))
     with pytest.raises(W.WeightsError, match="missing keys"):
-        W.load_detector(tmp_path / "partial.safetensors")
+        load_detector(tmp_path / "partial.safetensors")
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(W.WeightsError, match="butd weights convert"):
-        W.load_detector(tmp_path / "x.safetensors")
+        load_detector(tmp_path / "x.safetensors")
     with pytest.raises(W.WeightsError, match=".safetensors"):
-        W.convert_checkpoint(tmp_path / "x.safetensors", tmp_path / "out.bin")
+        convert_weights(tmp_path / "x.safetensors", tmp_path / "out.bin")

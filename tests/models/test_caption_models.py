@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from butd.models.registry import CAPTION_MODELS, build_caption_model
+from butd.models.registry import build_caption_model, caption_models
 from butd.models.sat import doubly_stochastic_penalty
 
 SMALL = {"embed_dim": 16, "hidden_dim": 24, "att_dim": 12, "dropout": 0.0}
@@ -20,10 +20,10 @@ def _batch(b: int = 3, k: int = 5, seed: int = 0) -> dict:
     mask[1, 1:] = False
     feats[~mask] = 0.0
     caps = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 7, 2, 0, 0, 0], [1, 8, 9, 10, 4, 2]])[:b]
-    return {"feats": feats, "mask": mask, "captions": caps}
+    return {"features": feats, "mask": mask, "captions": caps}
 
 
-@pytest.mark.parametrize("name", sorted(CAPTION_MODELS))
+@pytest.mark.parametrize("name", caption_models())
 def test_forward_shapes_and_masks(name: str) -> None:
     torch.manual_seed(0)
     model = build_caption_model(name, V, D, SMALL)
@@ -38,24 +38,24 @@ def test_forward_shapes_and_masks(name: str) -> None:
     losses = model.loss(out, batch)
     assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"])
     # padding content must not matter
-    noisy = dict(batch, feats=batch["feats"].masked_fill(~batch["mask"].unsqueeze(-1), 7.0))
+    noisy = dict(batch, features=batch["features"].masked_fill(~batch["mask"].unsqueeze(-1), 7.0))
     torch.testing.assert_close(model(noisy)["logits"], out["logits"])
 
 
-@pytest.mark.parametrize("name", sorted(CAPTION_MODELS))
+@pytest.mark.parametrize("name", caption_models())
 def test_step_matches_forward(name: str) -> None:
     torch.manual_seed(1)
     model = build_caption_model(name, V, D, SMALL).eval()
     batch = _batch()
     out = model(batch)
-    state = model.init_state(batch["feats"], batch["mask"])
+    state = model.init_state(batch["features"], batch["mask"])
     for t in range(3):
-        logprobs, state, attn = model.step(batch["captions"][:, t], state, batch["feats"], batch["mask"])
+        logprobs, state, attn = model.step(batch["captions"][:, t], state, batch["features"], batch["mask"])
         torch.testing.assert_close(logprobs, torch.log_softmax(out["logits"][:, t], -1))
         torch.testing.assert_close(attn, out["attn"][:, t])
 
 
-@pytest.mark.parametrize("name", sorted(CAPTION_MODELS))
+@pytest.mark.parametrize("name", caption_models())
 def test_grid_features_and_overfit(name: str) -> None:
     torch.manual_seed(2)
     model = build_caption_model(name, V, D, SMALL)

@@ -16,7 +16,7 @@ from butd.models.decoding import (
     sample_decode,
     with_beam,
 )
-from butd.models.registry import CaptionModel, State
+from butd.models.caption_base import CaptionModel, State
 
 WORDS = ["<pad>", "<bos>", "<eos>", "a", "dog", "runs", "the"]
 

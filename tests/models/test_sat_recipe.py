@@ -20,7 +20,7 @@ def _batch(seed: int = 0) -> dict:
     mask[0, 3:] = False
     feats[~mask] = 0.0
     caps = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 7, 2, 0, 0, 0], [1, 8, 9, 10, 4, 2]])
-    return {"feats": feats, "mask": mask, "captions": caps}
+    return {"features": feats, "mask": mask, "captions": caps}
 
 
 def test_penalty_has_the_per_sentence_weight() -> None:
@@ -50,17 +50,17 @@ def test_sat_hard_gates_the_sampled_context() -> None:
     torch.manual_seed(1)
     model = build_caption_model("sat-hard", V, D, {**SMALL, "selector": True, "expected_prob": 0.0}).train()
     batch = _batch()
-    state = model.init_state(batch["feats"], batch["mask"])
+    state = model.init_state(batch["features"], batch["mask"])
     assert bool(state["use_sample"].all())
     alpha = torch.zeros(3, 5)
     alpha[:, 2] = 1.0  # the sample is location 2 for certain
-    z, extras = model.context(alpha, batch["feats"], state)
+    z, extras = model.context(alpha, batch["features"], state)
     beta = torch.sigmoid(model.f_beta(state["h"]))
-    torch.testing.assert_close(z, beta * batch["feats"][:, 2])
+    torch.testing.assert_close(z, beta * batch["features"][:, 2])
     assert "beta" in extras and torch.allclose(extras["loc_logp"], torch.zeros(3), atol=1e-6)  # log 1
     model.eval()  # expected context: gated as well
-    z_eval, _ = model.context(alpha, batch["feats"], model.init_state(batch["feats"], batch["mask"]))
-    torch.testing.assert_close(z_eval, beta * batch["feats"][:, 2])
+    z_eval, _ = model.context(alpha, batch["features"], model.init_state(batch["features"], batch["mask"]))
+    torch.testing.assert_close(z_eval, beta * batch["features"][:, 2])
 
 
 def test_sat_hard_draws_expected_or_sampled_once_per_minibatch() -> None:

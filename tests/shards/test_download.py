@@ -16,9 +16,9 @@ from fault_http_server import FaultServer
 from legacy_format_writers import random_images, write_pa_tsv
 from store_helpers import assert_records_equal
 
+from butd.cli import main
 from butd.shards import FeatureStore, StoreError, verify_store
 from butd.shards.download import DownloadError, download
-from butd.shards.download_cli import download_cmd, publish_cmd
 from butd.shards.publish import apply_mirror, check_url, load_registry, publish_store
 
 FAST = {"backoff": 0.05, "progress": False, "timeout": 5}
@@ -178,7 +178,7 @@ def test_legacy_zip_trust_on_first_use(tmp_path):
     with FaultServer(tmp_path / "www") as srv:
         srv.fault("/trainval.zip", "drop")
         result = download(srv.url + "/trainval.zip", tmp_path / "st", trust_on_first_use=True,
-                          log=logs.append, **FAST)
+                          log=logs.append, fmt="pa-tsv", **FAST)
     assert result.kind == "archive" and result.sha256 == digest
     assert any(digest in line for line in logs)  # printed so it can be pinned
     assert not (tmp_path / "st.download").exists()
@@ -189,8 +189,10 @@ def test_unknown_checksum_refused_without_tofu(tmp_path):
     _pa_zip(tmp_path)
     with FaultServer(tmp_path / "www") as srv:
         with pytest.raises(DownloadError, match="no sha256 is known.*--trust-on-first-use"):
-            download(srv.url + "/trainval.zip", tmp_path / "st", **FAST)
-        assert srv.requests == []
+            download(srv.url + "/trainval.zip", tmp_path / "st", fmt="pa-tsv", **FAST)
+        with pytest.raises(DownloadError, match=r"archive URL needs --format \(hh-h5, lxmert-tsv, npz-dir, pa-tsv\)"):
+            download(srv.url + "/trainval_36.zip", tmp_path / "st", trust_on_first_use=True, **FAST)
+        assert srv.requests == []  # refused before any byte: the format is never guessed from the name
     assert not (tmp_path / "st").exists()
 
 
@@ -226,7 +228,7 @@ def test_plain_http_refused_before_any_network(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request.OpenerDirector, "open", no_network)
     for src in ("http://example.invalid/store", "http://example.invalid/trainval.zip", "ftp://example.invalid/x"):
         with pytest.raises(DownloadError, match="refused|unsupported URL scheme"):
-            download(src, tmp_path / "st", trust_on_first_use=True, **FAST)
+            download(src, tmp_path / "st", trust_on_first_use=True, fmt="pa-tsv", **FAST)
     with pytest.raises(DownloadError, match="plain http is refused"):  # a mirror cannot downgrade either
         download("https://example.invalid/store", tmp_path / "st", mirror="http://example.invalid", **FAST)
     assert not (tmp_path / "st").exists()
@@ -249,18 +251,18 @@ def test_apply_mirror_and_shipped_registry():
 def test_cli_publish_download_verify(make_store, tmp_path):
     store, recs = make_store(n=5, max_records=2, dim=64)
     runner = CliRunner()
-    res = runner.invoke(publish_cmd, [str(store), str(tmp_path / "www" / "store"), "--no-progress"])
+    res = runner.invoke(main, ["shards", "publish", str(store), str(tmp_path / "www" / "store"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert '"format": "store"' in res.output
     with FaultServer(tmp_path / "www") as srv:
-        res = runner.invoke(download_cmd, [srv.url + "/store", "--to", str(tmp_path / "dl"), "--no-progress"])
+        res = runner.invoke(main, ["download", srv.url + "/store", "--to", str(tmp_path / "dl"), "--no-progress"])
         assert res.exit_code == 0, res.output
         assert "verified, 5 records" in res.output
-        res = runner.invoke(download_cmd, [srv.url + "/none", "--to", str(tmp_path / "dl2"), "--no-progress"])
+        res = runner.invoke(main, ["download", srv.url + "/none", "--to", str(tmp_path / "dl2"), "--no-progress"])
         assert res.exit_code == 1 and "HTTP 404" in res.output
     assert verify_store(tmp_path / "dl").ok
     _records_equal(tmp_path / "dl", recs)
-    res = runner.invoke(download_cmd, ["--list"])
+    res = runner.invoke(main, ["download", "--list"])
     assert res.exit_code == 0 and "lxmert-coco-val2014" in res.output
 
 
@@ -269,7 +271,8 @@ def test_complete_part_from_killed_run_gets_416_and_is_used(tmp_path):
     (tmp_path / "st.download").mkdir()
     (tmp_path / "st.download" / "trainval.zip.part").write_bytes(archive.read_bytes())
     with FaultServer(tmp_path / "www") as srv:
-        download(srv.url + "/trainval.zip", tmp_path / "st", trust_on_first_use=True, log=print, **FAST)
+        download(srv.url + "/trainval.zip", tmp_path / "st", trust_on_first_use=True, log=print, fmt="pa-tsv",
+                 **FAST)
         assert [r["range"] for r in srv.requests] == [f"bytes={archive.stat().st_size}-"]
     _check_imported(tmp_path / "st", images)
 

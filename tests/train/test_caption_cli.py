@@ -1,4 +1,4 @@
-"""`butd train` (caption) and eval_caption on a tiny toy run."""
+"""`butd train --model <caption model>` and `butd eval` on a tiny toy run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from butd.cli import main
 from butd.evaluate.caption_metrics import CocoScorers
-from butd.train.caption_cli import eval_caption, eval_caption_cmd, train_caption_cmd
+from butd.tasks.caption import evaluate as eval_caption
+
+
+def train_caption_cmd_args(args: list[str]) -> list[str]:
+    return ["train", *(args if "--model" in args else ["--model", "updown", *args])]
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +36,11 @@ def test_train_and_eval(toy, tmp_path) -> None:
     run = tmp_path / "run"
     args = ["--model", "sat-soft", "--features", str(store), "--captions", str(captions), "--out", str(run),
             "--config", str(tmp_path / "c.yaml"), "--epochs", "1", "--scst-epochs", "1"]
-    res = CliRunner().invoke(train_caption_cmd, args)
+    res = CliRunner().invoke(main, train_caption_cmd_args(args))
     assert res.exit_code == 0, res.output
-    assert "val CIDEr-D" in res.output
+    assert "best validation score" in res.output
     info = json.loads((run / "run.json").read_text())
-    assert info["model_name"] == "sat-soft" and set(info["phases"]) == {"xe", "scst"}
+    assert info["model"] == "sat-soft" and set(info["summary"]["phases"]) == {"xe", "scst"}
 
     report = eval_caption(run, "test", beam=2, scorers=CocoScorers.build(meteor=False, spice=False))
     assert report["n_images"] > 0 and 0.0 <= report["metrics"]["CIDEr"]
@@ -54,11 +59,11 @@ def test_eval_cmd_full_metrics(toy, tmp_path) -> None:
                                      "xe: {log_every: 0}\n")
     args = ["--features", str(store), "--captions", str(captions), "--out", str(run), "--epochs", "1",
             "--device", "cpu", "--config", str(tmp_path / "c.yaml")]
-    res = CliRunner().invoke(train_caption_cmd, args)
+    res = CliRunner().invoke(main, train_caption_cmd_args(args))
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(eval_caption_cmd, [str(run), "--split", "val", "--beam", "1"])
+    res = CliRunner().invoke(main, ["eval", str(run), "--split", "val", "--beam", "1"])
     assert res.exit_code == 0, res.output
-    assert "METEOR=" in res.output and "CIDEr=" in res.output
+    assert "METEOR" in res.output and "CIDEr" in res.output
     report = json.loads((run / "eval_val.json").read_text())
     assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(report["metrics"])
 
@@ -67,9 +72,10 @@ def test_bad_inputs_one_line(toy, tmp_path) -> None:
     captions, store = toy
     (tmp_path / "bad.json").write_text("{oops")
     bad = ["--features", str(store), "--captions", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r")]
-    res = CliRunner().invoke(train_caption_cmd, bad)
-    assert res.exit_code != 0 and "malformed JSON" in res.output
-    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+    res = CliRunner().invoke(main, train_caption_cmd_args(bad))
+    assert res.exit_code == 1 and "malformed JSON" in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and not ln.startswith("device:")]
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
     doc = json.loads(captions.read_text())
     doc["images"][0]["cocoid"] = 999999
     if doc["images"][0]["split"] not in ("train", "restval"):
@@ -77,9 +83,9 @@ def test_bad_inputs_one_line(toy, tmp_path) -> None:
     (tmp_path / "ghost.json").write_text(json.dumps(doc))
     args = ["--features", str(store), "--captions", str(tmp_path / "ghost.json"),
             "--out", str(tmp_path / "g"), "--epochs", "0"]
-    res = CliRunner().invoke(train_caption_cmd, args)
+    res = CliRunner().invoke(main, train_caption_cmd_args(args))
     assert res.exit_code != 0 and "1 of" in res.output and "missing" in res.output
-    res = CliRunner().invoke(train_caption_cmd, [*args, "--skip-missing"])
+    res = CliRunner().invoke(main, train_caption_cmd_args([*args, "--skip-missing"]))
     assert res.exit_code == 0, res.output
 
 
@@ -91,7 +97,7 @@ def test_eval_uses_the_runs_decode_config(toy, tmp_path) -> None:
     run = tmp_path / "run"
     args = ["--features", str(store), "--captions", str(captions), "--out", str(run), "--epochs", "1",
             "--config", str(tmp_path / "c.yaml")]
-    res = CliRunner().invoke(train_caption_cmd, args)
+    res = CliRunner().invoke(main, train_caption_cmd_args(args))
     assert res.exit_code == 0, res.output
     scorers = CocoScorers.build(meteor=False, spice=False)
     report = eval_caption(run, "test", scorers=scorers)

@@ -43,7 +43,7 @@ def _sample_reward(model, ds: CaptionDataset, scorer: CiderD, vocab, seed: int =
     batch = collate_captions([ds[i] for i in range(len(ds))])
     gen = torch.Generator().manual_seed(seed)
     model.eval()  # no dropout; sampling still stochastic
-    tokens = sample_decode(model, batch["feats"], batch["mask"], 16, n=5, generator=gen)["tokens"]
+    tokens = sample_decode(model, batch["features"], batch["mask"], 16, n=5, generator=gen)["tokens"]
     refs = [r for r in batch["refs"] for _ in range(5)]
     return scorer.score_lists(tokens_to_text(tokens, vocab), refs)[0]
 
@@ -54,10 +54,10 @@ def test_xe_then_scst_updown(toy, tmp_path) -> None:
     run = tmp_path / "run"
     paths = CaptionPaths(str(store_path), str(captions))
     summary = train_caption(_cfg("updown", 15, 2), paths, run, echo=None)
-    for name in ("run.json", "config.yaml", "vocab.json", "model.pt", "xe/metrics.jsonl",
+    for name in ("run.json", "config.yaml", "vocab.json", "checkpoints/best.pt", "xe/metrics.jsonl",
                  "scst/metrics.jsonl"):
         assert (run / name).is_file(), name
-    assert json.loads((run / "run.json").read_text())["phases"].keys() == {"xe", "scst"}
+    assert json.loads((run / "run.json").read_text())["summary"]["phases"].keys() == {"xe", "scst"}
 
     cfg, model, vocab, info = load_caption_run(run)
     images = load_karpathy(captions)

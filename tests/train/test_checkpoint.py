@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from butd.config import merge_config
 from butd.models.updown_vqa import UpDownVQA, UpDownVQAConfig, vqa_loss
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
 from butd.train.loop import (
@@ -19,7 +20,6 @@ from butd.train.loop import (
     LoopState,
     NonFiniteLossError,
     ScheduleConfig,
-    apply_overrides,
     fit,
     lr_at,
 )
@@ -119,7 +119,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         opt,
         data,
         _loss,
-        apply_overrides(LOOP, {"max_steps": 7}),
+        merge_config(LOOP, {"max_steps": 7}),
         tmp_path / "cut",
         callbacks=[first],
         echo=None,
@@ -142,7 +142,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) ->
         return {"loss": loss * float("nan") if calls["n"] == 4 else loss}
 
     model, opt = _model_opt()
-    cfg = apply_overrides(LOOP, {"checkpoint_every": 1})
+    cfg = merge_config(LOOP, {"checkpoint_every": 1})
     with pytest.raises(NonFiniteLossError) as err:
         fit(model, opt, _Synthetic(), bad_loss, cfg, tmp_path, echo=None)
     assert err.value.step == 3 and len(err.value.batch_ids) == 8 and "step 3" in str(err.value)
@@ -154,7 +154,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) ->
 def test_early_stopping_and_best_checkpoint(tmp_path: Path) -> None:
     scores = iter([50.0, 60.0, 55.0, 54.0, 70.0])
     model, opt = _model_opt()
-    cfg = apply_overrides(LOOP, {"epochs": 5, "patience": 2})
+    cfg = merge_config(LOOP, {"epochs": 5, "patience": 2})
     state = fit(
         model,
         opt,
@@ -180,5 +180,5 @@ def test_schedules_are_pure_functions() -> None:
     assert lr_at(0, 1.0, cos, 11) == pytest.approx(1.0) and lr_at(10, 1.0, cos, 11) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="unknown LR schedule"):
         lr_at(0, 1.0, ScheduleConfig(name="nope"), 1)
-    with pytest.raises(ValueError, match="unknown config key"):
-        apply_overrides(LOOP, {"epoch": 3})
+    with pytest.raises(ValueError, match="unknown LoopConfig key"):
+        merge_config(LOOP, {"epoch": 3})

@@ -23,7 +23,7 @@ from butd.datasets.vocab import PAD, Vocab
 from butd.shards import FeatureStore
 
 __all__ = ["CaptionDataError", "CaptionDataset", "CaptionImage", "DataConfig",
-           "collate_captions", "load_karpathy", "split_images"]
+           "collate_captions", "featurize", "load_karpathy", "split_images"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,18 @@ def split_images(images: Sequence[CaptionImage], split: str,
     return out
 
 
+def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> np.ndarray:
+    """The model input of one store record, float32 [K, D]: the first ``max_boxes`` regions, or every grid cell.
+
+    The one featurize step of captioning: the Dataset and ``butd caption`` (new images) both call it, so a
+    model sees the same rows at training time and on new photos.
+    """
+    feats = record["features"]
+    if kind == "region":
+        feats = feats[: config.max_boxes]
+    return np.array(feats, dtype=np.float32)  # a writable copy
+
+
 class CaptionDataset(Dataset):
     """Items from a split joined to a feature store.
 
@@ -138,17 +150,13 @@ class CaptionDataset(Dataset):
 
     def features(self, image_id: str) -> np.ndarray:
         """Region (first ``max_boxes``) or grid features of one image, float32 [K, D]."""
-        rec = self.store[image_id]
-        feats = rec["features"]
-        if self.store.kind == "region":
-            feats = feats[: self.config.max_boxes]
-        return np.array(feats, dtype=np.float32)  # a writable copy
+        return featurize(self.store[image_id], self.store.kind, self.config)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         i, j = self.items[idx]
         im = self.images[i]
         caption = self.vocab.encode(im.tokens[j], self.config.max_len)
-        return {"feats": torch.from_numpy(self.features(im.image_id)),
+        return {"features": torch.from_numpy(self.features(im.image_id)),
                 "caption": torch.tensor(caption, dtype=torch.long),
                 "refs": im.refs, "image_id": im.image_id}
 
@@ -156,21 +164,21 @@ class CaptionDataset(Dataset):
 def collate_captions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pad features to the largest K in the batch (mask False on padding) and captions with PAD.
 
-    Returns ``{"feats": float32 [B, K, D], "mask": bool [B, K] (True = real region), "captions": long [B, L]
+    Returns ``{"features": float32 [B, K, D], "mask": bool [B, K] (True = real region), "captions": long [B, L]
     (BOS w_1 .. w_n EOS, then PAD=0), "refs": B lists of reference strings, "image_ids": B store ids}``.
     """
     b = len(items)
-    k = max(int(it["feats"].shape[0]) for it in items)
-    d = int(items[0]["feats"].shape[1])
+    k = max(int(it["features"].shape[0]) for it in items)
+    d = int(items[0]["features"].shape[1])
     length = max(int(it["caption"].numel()) for it in items)
     feats = torch.zeros(b, k, d)
     mask = torch.zeros(b, k, dtype=torch.bool)
     caps = torch.full((b, length), PAD, dtype=torch.long)
     for n, it in enumerate(items):
-        kn, ln = int(it["feats"].shape[0]), int(it["caption"].numel())
-        feats[n, :kn] = it["feats"]
+        kn, ln = int(it["features"].shape[0]), int(it["caption"].numel())
+        feats[n, :kn] = it["features"]
         mask[n, :kn] = True
         caps[n, :ln] = it["caption"]
     refs = [list(it["refs"]) for it in items]
-    return {"feats": feats, "mask": mask, "captions": caps, "refs": refs,
+    return {"features": feats, "mask": mask, "captions": caps, "refs": refs,
             "image_ids": [it["image_id"] for it in items]}

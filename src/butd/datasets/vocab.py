@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["BOS", "EOS", "PAD", "UNK", "Vocab"]
+__all__ = ["BOS", "EOS", "PAD", "UNK", "Vocab", "read_words", "write_words"]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 _SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -56,22 +56,38 @@ class Vocab:
         return " ".join(out)
 
     def to_json(self) -> dict:
-        return {"format": "butd-vocab", "version": 1, "words": self.words}
+        return {"format": "butd-vocab", "version": 1, "kind": "caption", "words": self.words}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=0), encoding="utf-8")
+        write_words(path, self.words, "caption")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-            words = obj["words"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a butd vocabulary JSON ({type(exc).__name__}: {exc})") from None
-        return cls(words)
+        return cls(read_words(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.words == other.words
 
     def __repr__(self) -> str:
         return f"Vocab({len(self)} words)"
+
+
+def write_words(path: str | Path, words: Sequence[str], kind: str) -> None:
+    """vocab.json of every run (RUNS.md): ``{"format": "butd-vocab", "version": 1, "kind", "words"}``.
+
+    ``kind`` is "caption" (specials <pad> <bos> <eos> <unk>) or "question" (VQA: <pad> <unk>).
+    """
+    obj = {"format": "butd-vocab", "version": 1, "kind": kind, "words": list(words)}
+    Path(path).write_text(json.dumps(obj, indent=0), encoding="utf-8")
+
+
+def read_words(path: str | Path) -> list[str]:
+    """The word list of a vocab.json written by :func:`write_words`."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        words = obj["words"]
+        if obj.get("format") != "butd-vocab" or not isinstance(words, list):
+            raise TypeError("no butd-vocab words list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a butd vocabulary JSON ({type(exc).__name__}: {exc})") from None
+    return [str(w) for w in words]

@@ -36,6 +36,7 @@ __all__ = [
     "build_answer_set",
     "candidate_examples",
     "compared_forms",
+    "featurize",
     "join_store",
     "load_vqa",
     "soft_target",
@@ -250,6 +251,28 @@ def _store_rows(store: FeatureStore, examples: Sequence[VQAExample]) -> int:
     return int(store[first]["features"].shape[0])
 
 
+def featurize(rec: dict[str, Any], kind: str, max_boxes: int, image_id: Any = "") -> tuple[np.ndarray, ...]:
+    """features float32 [K, D], boxes float32 [K, 4] (zeros for grids), mask bool [K], K = max_boxes.
+
+    The one featurize step of VQA, shared by the Dataset and ``butd answer``.
+    """
+    src = rec["features"]
+    feature_dim = int(src.shape[1])
+    if kind == "grid" and src.shape[0] > max_boxes:
+        raise ValueError(
+            f"image {image_id}: grid has {src.shape[0]} cells, more than max_boxes={max_boxes}"
+        )
+    k = min(src.shape[0], max_boxes)
+    out = np.zeros((max_boxes, feature_dim), dtype=np.float32)
+    out[:k] = src[:k]  # one copy, casting float16 -> float32 on the way
+    boxes = np.zeros((max_boxes, 4), dtype=np.float32)
+    if "boxes" in rec:
+        boxes[:k] = rec["boxes"][:k]
+    mask = np.zeros(max_boxes, dtype=bool)
+    mask[:k] = True
+    return out, boxes, mask
+
+
 class VQADataset(Dataset):
     """Examples joined to a FeatureStore; items are dicts of tensors (see ``__getitem__``)."""
 
@@ -284,21 +307,7 @@ class VQADataset(Dataset):
 
     def regions(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """features float32 [K, D], boxes float32 [K, 4] (zeros for grids), mask bool [K], K = max_boxes."""
-        rec = self.store[str(image_id)]
-        src = rec["features"]
-        if self.store.kind == "grid" and src.shape[0] > self.max_boxes:
-            raise ValueError(
-                f"image {image_id}: grid has {src.shape[0]} cells, more than max_boxes={self.max_boxes}"
-            )
-        k = min(src.shape[0], self.max_boxes)
-        out = np.zeros((self.max_boxes, self.feature_dim), dtype=np.float32)
-        out[:k] = src[:k]  # one copy, casting float16 -> float32 on the way
-        boxes = np.zeros((self.max_boxes, 4), dtype=np.float32)
-        if "boxes" in rec:
-            boxes[:k] = rec["boxes"][:k]
-        mask = np.zeros(self.max_boxes, dtype=bool)
-        mask[:k] = True
-        return out, boxes, mask
+        return featurize(self.store[str(image_id)], self.store.kind, self.max_boxes, image_id)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """question_id [], tokens int64 [L], features [K, D], boxes [K, 4], mask bool [K], target [A]."""

@@ -27,6 +27,7 @@ from butd.extract.bua_heads import (
     select_boxes,
 )
 from butd.extract.resnet_c4 import ResNetC4, make_res5
+from butd.extract.weights import check_state, convert_checkpoint, read_detector_weights
 
 # Caffe cfg.PIXEL_MEANS (BGR) = py-bottom-up-attention / bua-caffe MODEL.PIXEL_MEAN
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
@@ -236,8 +237,6 @@ class BUTDExtractor:
         """``rpn`` / ``test_scale`` / ``test_max_size`` override the published test settings
         (tests and benchmarks only); ``seed`` seeds random weights. ``fp16`` runs the convolutions
         under CUDA float16 autocast (ignored on CPU); outputs are float32 either way."""
-        from butd.extract.weights import load_detector
-
         if not 1 <= min_boxes <= max_boxes:
             raise ValueError("need 1 <= min_boxes <= max_boxes")
         if box_source not in ("proposals", "regressed"):
@@ -297,20 +296,43 @@ class BUTDExtractor:
                                   box_source=self.box_source, batched=batched)
 
 
-def build(cfg) -> BUTDExtractor:
-    """Registry builder: ``ExtractorConfig`` -> ``BUTDExtractor``."""
+def load_detector(path: str | Path, rpn: dict | None = None) -> tuple[BUTDDetector, str]:
+    """(BUTDDetector with the safetensors weights loaded strictly, sha256 of the file)."""
+    state, layout, sha = read_detector_weights(path)
+    model = BUTDDetector(layout, rpn)
+    check_state(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval(), sha
+
+
+def convert_weights(src: str | Path, dest: str | Path) -> dict[str, Any]:
+    """Convert a published checkpoint (.pkl / .pth) to safetensors checked against this detector."""
+    return convert_checkpoint(src, dest, BUTDDetector)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The bua-r101 extractor; defaults are the published test settings (generate_tsv.py)."""
+
+    name: str = "bua-r101"
+    mode: str = "detect"  # "detect" (its own regions) | "boxes" (features of given boxes)
+    weights: str | None = None  # a converted .safetensors file; None or "random" = random weights (tests)
+    device: str = "auto"
+    fp16: bool = False
+    min_boxes: int = 10
+    max_boxes: int = 100  # 36 with min_boxes 36 = the fixed-36 variant
+    conf_thresh: float = 0.2
+    box_source: str = "proposals"  # store the pooled proposals (as the original) or the class-regressed boxes
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("detect", "boxes"):
+            raise ValueError(f"{self.name} is a detector: mode must be 'detect' or 'boxes', got {self.mode!r}")
+
+
+def build(cfg: DetectorConfig) -> BUTDExtractor:
+    """Registry builder: ``DetectorConfig`` -> ``BUTDExtractor``."""
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    extra = dict(cfg.extra or {})
     return BUTDExtractor(cfg.weights, device=device, min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes,
-                         conf_thresh=cfg.conf_thresh, box_source=extra.get("box_source", "proposals"),
-                         fp16=cfg.fp16)
-
-
-try:  # register with the extractor registry when it is importable
-    from butd.extract.registry import register as _register
-
-    _register("bua-r101")(build)
-except ImportError:  # pragma: no cover
-    pass
+                         conf_thresh=cfg.conf_thresh, box_source=cfg.box_source, fp16=cfg.fp16)

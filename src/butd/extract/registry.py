@@ -1,75 +1,37 @@
-"""Extractor registry: names -> builders ``(ExtractorConfig) -> Extractor``, imported lazily.
+"""Extractor registry: name -> Entry(config dataclass, builder ``(config) -> Extractor``), imported lazily.
 
-Modules holding extractors are imported only when one of their names is built, so importing this
-module stays cheap (no torch / model code). A module registers with ``@register("name")``; a lazy
-entry ``"module:attr"`` also works when the module exposes a plain builder function instead.
+Each extractor module holds its own frozen config dataclass beside its builder (``DetectorConfig`` in
+detector.py, ``GridConfig`` in grid.py). The store manifest records ``asdict(config)`` and
+:func:`config_from_manifest` gives back an equal config, so ``butd caption`` re-runs exactly the
+extractor a run was trained on. To add an extractor: one module (config + builder) and one line here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Extractor", "ExtractorConfig", "build_extractor", "names", "register", "resolve"]
+from butd.config import merge_config
+from butd.registry import Entry, Registry
+
+__all__ = ["EXTRACTORS", "MODES", "Extractor", "build_extractor", "config_from_manifest", "extractor_config",
+           "names"]
 
 MODES = ("detect", "grid", "boxes")
 
-
-@dataclass(frozen=True)
-class ExtractorConfig:
-    """Everything an extractor needs to build itself; plain data, picklable, JSON-able via ``to_dict``."""
-
-    name: str
-    mode: str = "grid"  # "detect" (region detector) | "grid" (CNN feature map) | "boxes" (given boxes)
-    weights: str | None = None  # a file path, "random", "imagenet" (torchvision download) or None (default)
-    device: str = "auto"  # "auto" -> one model actor per GPU when the cluster has GPUs, else CPU
-    fp16: bool = False
-    min_boxes: int = 10
-    max_boxes: int = 100
-    conf_thresh: float = 0.2
-    grid_size: int = 14
-    image_size: int = 224
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not 1 <= self.min_boxes <= self.max_boxes:
-            raise ValueError("need 1 <= min_boxes <= max_boxes")
-        if self.grid_size < 1 or self.image_size < 32:
-            raise ValueError("grid_size must be >= 1 and image_size >= 32")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> ExtractorConfig:
-        """Copy with the given fields changed; ``None`` values are ignored (unset CLI options)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExtractorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown extractor config key(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> ExtractorConfig:
-        """Load a YAML mapping of config fields; non-None ``overrides`` win over the file."""
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of extractor config fields")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
+_GRID = "butd.extract.grid:GridConfig"
+EXTRACTORS = Registry("extractor", {
+    "bua-r101": Entry("butd.extract.detector:DetectorConfig", "butd.extract.detector:build",
+                      "BUTD Faster R-CNN R101-C4, Visual Genome (Anderson et al. 2018): 10-100 regions"),
+    "vgg16": Entry(_GRID, "butd.extract.grid:build_vgg16", "VGG-16 conv5_3 grid, 14x14x512 at 224 (SAT)"),
+    "vgg19": Entry(_GRID, "butd.extract.grid:build_vgg19", "VGG-19 conv5_4 grid, 14x14x512 at 224 (SAT)"),
+    "resnet101": Entry(_GRID, "butd.extract.grid:build_resnet101", "ResNet-101 layer4 grid, pooled to grid_size"),
+    "resnet152": Entry(_GRID, "butd.extract.grid:build_resnet152", "ResNet-152 layer4 grid, pooled to grid_size"),
+    "effnetlite0": Entry(_GRID, "butd.extract.grid:build_effnetlite0",
+                         "EfficientNet-Lite0 head grid, 7x7x1280 at 224 (bundled ImageNet weights)"),
+})
 
 
 @runtime_checkable
@@ -98,51 +60,24 @@ class Extractor(Protocol):
     def to(self, device: str) -> Any: ...
 
 
-Builder = Callable[[ExtractorConfig], Extractor]
-
-_REGISTRY: dict[str, Builder] = {}
-# Not-yet-imported providers: "module" (registers on import) or "module:builder".
-_LAZY: dict[str, str] = {
-    "bua-r101": "butd.extract.detector:build",
-    "vgg16": "butd.extract.grid",
-    "vgg19": "butd.extract.grid",
-    "resnet101": "butd.extract.grid",
-    "resnet152": "butd.extract.grid",
-    "effnetlite0": "butd.extract.grid",
-}
+def extractor_config(name: str, overrides: dict[str, Any] | None = None, **fields: Any) -> Any:
+    """The config of extractor ``name``: its defaults, then ``overrides`` (nested dicts), then ``fields``."""
+    cfg = merge_config(EXTRACTORS.config_class(name)(), {**(overrides or {}), **fields, "name": name},
+                       f"extractor {name}")
+    return cfg
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder`` buildable as ``name``. Re-registering the same function is a no-op."""
-
-    def deco(builder: Builder) -> Builder:
-        old = _REGISTRY.get(name)
-        if old is not None and getattr(old, "__qualname__", None) != getattr(builder, "__qualname__", None):
-            raise ValueError(f"extractor {name!r} is already registered by {old!r}")
-        _REGISTRY[name] = builder
-        return builder
-
-    return deco
+def config_from_manifest(extractor: dict[str, Any]) -> Any:
+    """The config recorded in a store manifest's ``extractor`` entry (equal to the one that made the store)."""
+    return extractor_config(extractor["name"], extractor["config"])
 
 
-def resolve(name: str) -> Builder:
-    """The builder for ``name``, importing its module on first use."""
-    if name not in _REGISTRY and name in _LAZY:
-        module, _, attr = _LAZY[name].partition(":")
-        mod = importlib.import_module(module)
-        if name not in _REGISTRY and attr:
-            _REGISTRY[name] = getattr(mod, attr)
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown extractor {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name]
-
-
-def build_extractor(name: str, cfg: ExtractorConfig | None = None) -> Extractor:
+def build_extractor(name: str, cfg: Any = None) -> Extractor:
     """Build the extractor registered as ``name`` (``cfg.name`` is set to ``name``)."""
-    cfg = ExtractorConfig(name=name) if cfg is None else dataclasses.replace(cfg, name=name)
-    return resolve(name)(cfg)
+    cfg = extractor_config(name) if cfg is None else dataclasses.replace(cfg, name=name)
+    return EXTRACTORS.build(name, cfg)
 
 
 def names() -> list[str]:
-    """All known extractor names (registered or lazily importable)."""
-    return sorted(set(_REGISTRY) | set(_LAZY))
+    """All registered extractor names."""
+    return EXTRACTORS.names()

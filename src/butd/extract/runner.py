@@ -9,6 +9,7 @@ done and adds only the missing records; ``failures.jsonl`` is append-only and de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from butd.extract.images import ImageDecodeError, load_image
-from butd.extract.registry import ExtractorConfig, build_extractor
+from butd.extract.registry import build_extractor, extractor_config
 from butd.extract.sources import SourceItem
 
 __all__ = ["FAILURES_NAME", "RUN_NAME", "Summary", "run_extraction", "start_local_ray"]
@@ -51,29 +52,24 @@ class Summary:
         return asdict(self)
 
 
-def ray_env(local: bool = True) -> None:
-    """Environment for our Ray use: no usage stats; for a private local instance also cluster mode off,
-    which makes Ray use the loopback address for this node (it otherwise swaps 127.0.0.1 for a
-    routable IP). Not for joining a real cluster (``--address``), whose nodes have routable addresses."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    if local:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+def ray_runtime_env() -> dict[str, Any]:
+    """What Ray worker processes need: butd importable even when it is not installed, no usage stats.
+
+    Passed to ``ray.init(runtime_env=...)``; this process's environment is never changed.
+    """
+    src = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([src, *[p for p in paths if p != src]]),
+                         "RAY_USAGE_STATS_ENABLED": "0"}}
 
 
 def start_local_ray(num_cpus: int) -> None:
-    """Start a private single-node Ray bound to 127.0.0.1 (never joins another cluster)."""
+    """Start a private single-node Ray bound to 127.0.0.1 (never joins another cluster: address="local")."""
     import ray
-    import ray._private.ray_constants as ray_constants
 
-    ray_env()
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before ray_env() ran
-    os.environ.pop("RAY_ADDRESS", None)
-    src = str(Path(__file__).resolve().parents[2])  # workers import butd even when it is not installed
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if src not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
+             logging_level=logging.WARNING, log_to_driver=True, configure_logging=False,
+             runtime_env=ray_runtime_env())
 
 
 # -- work run in Ray processes -----------------------------------------------------------------------
@@ -90,7 +86,7 @@ class BuiltPreprocess:
     def __call__(self, image: np.ndarray) -> dict[str, Any]:
         key = json.dumps([self.name, self.config], sort_keys=True, default=str)
         if key not in _PREP_CACHE:
-            _PREP_CACHE[key] = build_extractor(self.name, ExtractorConfig.from_dict(self.config)).preprocess
+            _PREP_CACHE[key] = build_extractor(self.name, extractor_config(self.name, self.config)).preprocess
         return _PREP_CACHE[key](image)
 
 
@@ -120,13 +116,13 @@ class ModelWorker:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.extractor = build_extractor(name, ExtractorConfig.from_dict(config))
+        self.extractor = build_extractor(name, extractor_config(name, config))
         self.extractor.to(device)
 
     def info(self) -> dict[str, Any]:
         ex = self.extractor
         prep = ex.preprocessor() if hasattr(ex, "preprocessor") else None
-        return {"name": ex.name, "kind": ex.kind, "config": ex.config_dict(),
+        return {"name": ex.name, "kind": ex.kind, "details": ex.config_dict(),
                 "weights_sha256": ex.weights_sha256, "preprocessor": prep}
 
     def run(self, decoded: list[Decoded]) -> list[tuple[str, dict[str, np.ndarray] | None, str | None]]:
@@ -185,7 +181,7 @@ def _sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
     return [by_id[k] for k in sorted(by_id)]
 
 
-def _plan_workers(ray: Any, cfg: ExtractorConfig, workers: int | None,
+def _plan_workers(ray: Any, cfg: Any, workers: int | None,
                   threads: int | None = None) -> tuple[str, int, dict[str, float], int]:
     """(device, number of actors, actor resources, torch threads per actor)."""
     res = ray.cluster_resources()
@@ -203,7 +199,7 @@ def _plan_workers(ray: Any, cfg: ExtractorConfig, workers: int | None,
     return "cpu", n, {"num_cpus": threads}, threads
 
 
-def run_extraction(source: Iterable[SourceItem], extractor_cfg: ExtractorConfig, out: str | Path, *,
+def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | Path, *,
                    address: str | None = None, workers: int | None = None, shard_size: int = 1000,
                    batch_size: int = 8, progress: bool = True, source_info: dict[str, Any] | None = None,
                    max_in_flight: int | None = None, decode_cpus: float = 1.0, threads: int | None = None,
@@ -232,11 +228,11 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: ExtractorConfig,
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
 
-    ray_env(local=False)
     own_ray = not ray.is_initialized()
     if own_ray:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False,
+                     runtime_env=ray_runtime_env())
         else:
             start_local_ray(max(os.cpu_count() or 1, (workers or 1) * (threads or 1) + 1))
     try:
@@ -247,17 +243,25 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: ExtractorConfig,
             ray.shutdown()
 
 
-def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: ExtractorConfig, out: Path,
+def manifest_entry(config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The store manifest's ``extractor``: ``asdict(config)`` as given (``config_from_manifest`` gives it
+    back equal), the built extractor's derived ``details`` (feature width, normalisation...) and weights hash."""
+    return {"name": info["name"], "config": config, "details": info["details"],
+            "weights_sha256": info["weights_sha256"]}
+
+
+def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path,
          workers: int | None, shard_size: int, batch_size: int, progress: bool, source_info: dict[str, Any],
          max_in_flight: int | None, decode_cpus: float, threads: int | None, t_start: float) -> Summary:
     from tqdm import tqdm
 
     device, n, resources, threads = _plan_workers(ray, cfg, workers, threads)
-    cfg = cfg.replace(device=device)  # builders see the resolved device, never "auto"
+    recorded = asdict(cfg)  # the manifest records the config as given; config_from_manifest gives it back
+    cfg = dataclasses.replace(cfg, device=device)  # builders see the resolved device, never "auto"
     actor_cls = ray.remote(**resources)(ModelWorker)
-    actors = [actor_cls.remote(cfg.name, cfg.to_dict(), device, threads) for _ in range(n)]
+    actors = [actor_cls.remote(cfg.name, asdict(cfg), device, threads) for _ in range(n)]
     info = ray.get([a.info.remote() for a in actors])[0]
-    prep = info["preprocessor"] or BuiltPreprocess(cfg.name, cfg.to_dict())
+    prep = info["preprocessor"] or BuiltPreprocess(cfg.name, asdict(cfg))
     decode = ray.remote(num_cpus=decode_cpus)(decode_batch)
     ray.get(decode.remote([], prep))  # warm a decode worker process before timing
     t_ready = time.perf_counter()
@@ -265,7 +269,7 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: ExtractorConfi
     out.mkdir(parents=True, exist_ok=True)
     failures_path = out / FAILURES_NAME
     failed = _read_failures(failures_path)
-    extractor_meta = {k: info[k] for k in ("name", "config", "weights_sha256")}
+    extractor_meta = manifest_entry(recorded, info)
     source_meta = {**source_info, "num_images": len(items)}
     _check_run_settings(out, {"extractor": extractor_meta, "shard_size": shard_size,
                               "batch_size": batch_size})

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from butd.extract.registry import ExtractorConfig, build_extractor
+from butd.extract.registry import build_extractor, extractor_config
 from butd.extract.runner import decode_batch
 
 
@@ -34,17 +33,15 @@ def _size(data: dict[str, Any]) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def extract_files(config: dict[str, Any], paths: list[str | Path], *, device: str = "cpu",
+def extract_files(extractor: dict[str, Any], paths: list[str | Path], *, device: str = "cpu",
                   boxes: list[np.ndarray | None] | None = None,
                   weights_sha256: str | None = None) -> list[tuple[dict | None, str | None]]:
-    """Run the extractor described by a store manifest's `extractor.config` on `paths`.
+    """Run the extractor of a store manifest's ``extractor`` entry (``{"name", "config"}``) on `paths`.
 
     Returns (record, None) per readable image and (None, reason) per broken one. In "boxes" mode an
     image without given boxes gets `proposal_grid` boxes.
     """
-    known = {f.name for f in dataclasses.fields(ExtractorConfig)}
-    cfg = ExtractorConfig.from_dict({k: v for k, v in config.items() if k in known})  # the rest is derived
-    cfg = cfg.replace(device=device)
+    cfg = extractor_config(extractor["name"], extractor["config"], device=device)
     extractor = build_extractor(cfg.name, cfg)
     if weights_sha256 and extractor.weights_sha256 and extractor.weights_sha256 != weights_sha256:
         warnings.warn(f"{cfg.name}: weights sha256 {extractor.weights_sha256[:12]}… differ from the store's "

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "SourceItem", "iter_source", "load_boxes", "with_boxes"]
+from butd.registry import Entry, Registry
 
-DATASETS = ("coco", "flickr8k", "flickr30k", "vg", "vqa", "folder", "toy")
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "SOURCES", "SourceItem", "iter_source", "load_boxes", "with_boxes"]
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -136,25 +137,54 @@ def _toy(root: Path) -> Iterator[SourceItem]:
         yield SourceItem(str(img["image_id"]), str(root / img["file_path"]), bx)
 
 
+# The builders of the SOURCES table: (root, boxes_mode) -> items.
+def source_coco(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _coco(root)
+
+
+def source_flickr8k(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _flickr(root, "flickr8k")
+
+
+def source_flickr30k(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _flickr(root, "flickr30k")
+
+
+def source_vg(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _vg(root, boxes_mode)
+
+
+def source_vqa(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _vqa(root)
+
+
+def source_folder(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _folder(root)
+
+
+def source_toy(root: Path, boxes_mode: bool) -> Iterator[SourceItem]:
+    return _toy(root)
+
+
+_S = "butd.extract.sources:source_"
+SOURCES = Registry("image source", {
+    "coco": Entry(None, _S + "coco", "COCO 2014/2015 image folders (ids: the number in the file name)"),
+    "flickr8k": Entry(None, _S + "flickr8k", "Flickr8k images (ids: file stems, as the Karpathy split)"),
+    "flickr30k": Entry(None, _S + "flickr30k", "Flickr30k images (ids: file stems, as the Karpathy split)"),
+    "vg": Entry(None, _S + "vg", "Visual Genome image_data.json (+ objects.json boxes in mode boxes)"),
+    "vqa": Entry(None, _S + "vqa", "the COCO images named by VQA v2 question files"),
+    "folder": Entry(None, _S + "folder", "every image under a folder (ids: relative paths without suffix)"),
+    "toy": Entry(None, _S + "toy", "the embedded toy world (with its ground-truth boxes in mode boxes)"),
+})
+DATASETS = tuple(SOURCES.table)
+
+
 def iter_source(dataset: str, root: str | Path, *, mode: str = "grid") -> Iterator[SourceItem]:
     """Items of ``dataset`` under ``root``; given boxes (vg, toy) are attached only in mode "boxes"."""
-    root = Path(root)
     boxes_mode = mode == "boxes"
-    if dataset == "coco":
-        items = _coco(root)
-    elif dataset in ("flickr8k", "flickr30k"):
-        items = _flickr(root, dataset)
-    elif dataset == "vg":
-        items = _vg(root, boxes_mode)
-    elif dataset == "vqa":
-        items = _vqa(root)
-    elif dataset == "folder":
-        items = _folder(root)
-    elif dataset == "toy":
-        items = _toy(root)
-    else:
+    if dataset not in SOURCES:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    for item in items:
+    for item in SOURCES.builder(dataset)(Path(root), boxes_mode):
         yield item if boxes_mode or item.boxes is None else SourceItem(item.image_id, item.path)
 
 

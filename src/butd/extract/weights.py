@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 
-from butd.shards.legacy_pickle import UnsafePickleError, restricted_loads
+from butd.shards.legacy_pickle import UnsafePickleError, restricted_loads  # noqa: F401 (raised by the readers)
 
 FORMAT = "butd-bua-r101"
 # published name -> our name (bottom-up-attention.pytorch attribute head)
@@ -112,18 +112,20 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: 
         raise WeightsError("; ".join(parts))
 
 
-def convert_checkpoint(src: str | Path, dest: str | Path) -> dict[str, Any]:
-    """Convert a published checkpoint (.pkl or .pth) into safetensors with our key names."""
-    from safetensors.torch import save_file
+def convert_checkpoint(src: str | Path, dest: str | Path,
+                       build_model: Callable[[str], torch.nn.Module]) -> dict[str, Any]:
+    """Convert a published checkpoint (.pkl or .pth) into safetensors with our key names.
 
-    from butd.extract.detector import BUTDDetector
+    ``build_model(layout)`` gives the detector the converted weights must fit (detector.py owns it).
+    """
+    from safetensors.torch import save_file
 
     src, dest = Path(src), Path(dest)
     if dest.suffix != ".safetensors":
         raise WeightsError(f"destination must end in .safetensors, got {dest.name}")
     state, dropped, renamed = normalize_names(_read_source(src))
     layout = infer_layout(state)
-    check_state(BUTDDetector(layout), state, str(src))
+    check_state(build_model(layout), state, str(src))
     src_sha = hashlib.sha256(src.read_bytes()).hexdigest()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -138,12 +140,10 @@ def convert_checkpoint(src: str | Path, dest: str | Path) -> dict[str, Any]:
     }
 
 
-def load_detector(path: str | Path, rpn: dict | None = None):
-    """(BUTDDetector with the safetensors weights loaded strictly, sha256 of the file)."""
+def read_detector_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str, str]:
+    """(state dict, layout, sha256 of the file) of a converted safetensors file; detector.py builds the model."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-
-    from butd.extract.detector import BUTDDetector
 
     path = Path(path)
     if not path.is_file():
@@ -156,25 +156,8 @@ def load_detector(path: str | Path, rpn: dict | None = None):
         raise WeightsError(f"{path}: not a safetensors file ({e}); convert published checkpoints with "
                            "`butd weights convert SRC DEST.safetensors`") from e
     layout = meta.get("layout") or infer_layout(state)
-    model = BUTDDetector(layout, rpn)
-    check_state(model, state, str(path))
-    model.load_state_dict(state, strict=True)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return model.eval(), h.hexdigest()
-
-
-@click.command("convert")
-@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
-def convert_cmd(src: Path, dest: Path) -> None:
-    """Convert a published BUTD detector checkpoint (.pkl / .pth) to DEST.safetensors."""
-    try:
-        s = convert_checkpoint(src, dest)
-    except (WeightsError, UnsafePickleError) as e:
-        raise click.ClickException(str(e)) from e
-    click.echo(f"wrote {s['dest']}: {s['tensors']} tensors, {s['parameters']:,} parameters, "
-               f"layout {s['layout']}, {s['renamed']} renamed, {len(s['dropped'])} dropped")
-    click.echo(f"sha256 {s['sha256']}")
+    return state, layout, h.hexdigest()

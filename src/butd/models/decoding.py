@@ -14,12 +14,13 @@ cannot be generated again unless it is in the allowed list. :func:`repeat_mask` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from butd.models.registry import PAD, CaptionModel, State
+from butd.models.caption_base import PAD, CaptionModel, State
+from butd.registry import Entry, Registry
 
 __all__ = ["CAFFE_ALLOWED_REPEATS", "DECODERS", "DecodeConfig", "beam_search", "decode", "greedy_decode",
            "repeat_mask", "sample_decode", "with_beam"]
@@ -198,9 +199,6 @@ def beam_search(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, be
     return {"tokens": seqs[:, 0], "score": scores[:, 0], "beams": seqs, "beam_scores": scores}
 
 
-Decoder = Callable[[CaptionModel, torch.Tensor, torch.Tensor, DecodeConfig, "torch.Tensor | None"], torch.Tensor]
-
-
 def _greedy(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, cfg: DecodeConfig,
             no_repeat: torch.Tensor | None) -> torch.Tensor:
     return greedy_decode(model, feats, mask, cfg.max_len, no_repeat)["tokens"]
@@ -217,7 +215,11 @@ def _sample(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, cfg: D
                          no_repeat=no_repeat)["tokens"]
 
 
-DECODERS: dict[str, Decoder] = {"greedy": _greedy, "beam": _beam, "sample": _sample}
+# name -> Entry(config, (model, feats, mask, cfg, no_repeat) -> tokens); butd.registry style
+DECODERS = Registry("decoder", {
+    "greedy": Entry(DecodeConfig, _greedy, "argmax word at every step (repeat block optional)"),
+    "beam": Entry(DecodeConfig, _beam, "beam search of width beam, length penalty, repeat block optional"),
+    "sample": Entry(DecodeConfig, _sample, "multinomial sampling with temperature")})
 
 
 def decode(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, cfg: DecodeConfig,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from butd.models.attention import masked_softmax
-from butd.models.registry import PAD, CaptionModel, State, masked_mean
+from butd.models.caption_base import PAD, CaptionModel, State, masked_mean
 
 __all__ = ["SatConfig", "SatSoft", "doubly_stochastic_penalty"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from butd.models.registry import PAD, State
+from butd.models.caption_base import PAD, State
 from butd.models.sat import SatConfig, SatSoft
 
 __all__ = ["SatHard", "SatHardConfig"]

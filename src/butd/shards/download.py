@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from butd import __version__
+from butd.shards.importers import IMPORT_FORMATS
 from butd.shards.manifest import sha256_file
 from butd.shards.publish import (
     DownloadError,
     apply_mirror,
     check_url,
-    guess_format,
     is_loopback,
     load_registry,
     parse_published_manifest,
@@ -42,7 +42,6 @@ from butd.shards.spec import FORMAT_NAME, MANIFEST_NAME
 from butd.shards.verify import VerifyReport, verify_store
 
 STORE_FORMATS = ("store", FORMAT_NAME)
-ARCHIVE_FORMATS = ("pa-tsv", "lxmert-tsv", "hh-h5", "npz-dir")
 ARCHIVE_SUFFIXES = (".zip", ".tsv", ".h5", ".hdf5", ".npz", ".tar", ".tar.gz", ".tgz")
 _CHUNK = 1 << 20
 _MAX_MANIFEST = 64 << 20
@@ -326,7 +325,9 @@ def download(
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     if "://" in source:
         is_archive = urlsplit(source).path.lower().endswith(ARCHIVE_SUFFIXES)
-        entry: dict[str, Any] = {"url": source, "format": guess_format(source) if is_archive else "store"}
+        if is_archive and fmt is None:  # never guessed from the file name: a wrong guess imports garbage
+            raise DownloadError(f"{source}: an archive URL needs --format ({', '.join(IMPORT_FORMATS)})")
+        entry: dict[str, Any] = {"url": source, "format": fmt if is_archive else "store"}
     else:
         datasets = load_registry(registry)
         if source not in datasets:
@@ -335,8 +336,8 @@ def download(
         entry = dict(datasets[source])
         is_archive = entry["format"] not in STORE_FORMATS
     url, fmt = entry["url"], fmt or entry["format"]
-    if is_archive and fmt not in ARCHIVE_FORMATS:
-        raise DownloadError(f"{source}: unknown archive format {fmt!r} (one of {', '.join(ARCHIVE_FORMATS)})")
+    if is_archive and fmt not in IMPORT_FORMATS:
+        raise DownloadError(f"{source}: unknown archive format {fmt!r} (one of {', '.join(IMPORT_FORMATS)})")
     url = apply_mirror(url, mirror)
     check_url(url, allow_http)
     if is_archive and entry.get("sha256") is None and not trust_on_first_use:

@@ -195,10 +195,3 @@ def load_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
                 raise DownloadError(f"{p}: dataset {name!r} has a malformed sha256 {sha!r}")
             datasets[name] = entry
     return datasets
-
-
-def guess_format(url: str) -> str:
-    name = urlsplit(url).path.rsplit("/", 1)[-1].lower()
-    if name.endswith((".h5", ".hdf5")):
-        return "hh-h5"
-    return "lxmert-tsv" if "obj36" in name else "pa-tsv"

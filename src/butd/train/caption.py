@@ -1,22 +1,22 @@
 """Caption trainer: cross-entropy (teacher forcing), then optional SCST with a CIDEr-D reward.
 
-A run directory holds config.yaml, run.json (paths, sizes, phase summaries), vocab.json, xe/ and scst/
-(each with metrics.jsonl and checkpoints/{last,best}.pt from ``butd.train.loop.fit``) and model.pt, the
-final weights (the best validation CIDEr-D checkpoint of the last phase that ran).
+A run directory (RUNS.md) holds config.yaml, run.json, vocab.json, xe/ and scst/ (each with metrics.jsonl
+and checkpoints/{last,best}.pt from ``butd.train.loop.fit``, for resuming) and checkpoints/{last,best}.pt,
+the run's weights: best is the best validation CIDEr-D checkpoint of the last phase that ran.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
+from butd.config import load_config, to_plain
 from butd.datasets.captions import (
     CaptionDataError,
     CaptionDataset,
@@ -28,11 +28,13 @@ from butd.datasets.captions import (
 )
 from butd.datasets.vocab import Vocab
 from butd.evaluate.cider import CiderD
+from butd.models.caption_base import CaptionModel
 from butd.models.decoding import DecodeConfig, decode
-from butd.models.registry import CaptionModel, build_caption_model
+from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
-from butd.train.loop import LoopConfig, LoopState, apply_overrides, fit
+from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
 from butd.train.scheduled_sampling import ScheduledSampling
 from butd.train.schedules import ScheduleConfig, ScheduledSamplingConfig
 from butd.train.scst import ScstConfig, ScstObjective, reward_refs, tokens_to_text
@@ -70,22 +72,10 @@ class CaptionPaths:
     captions: str  # a Karpathy split JSON
 
 
-def _tuples(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return tuple(value) if isinstance(value, list) else value
-
-
 def load_caption_config(yaml_path: str | Path | None = None,
                         overrides: dict[str, Any] | None = None) -> CaptionTrainConfig:
     """Defaults, then the YAML file's keys, then ``overrides`` (nested dicts); unknown keys raise."""
-    cfg = CaptionTrainConfig()
-    if yaml_path is not None:
-        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping at the top level")
-        cfg = apply_overrides(cfg, _tuples(data), "caption config")
-    return apply_overrides(cfg, _tuples(overrides or {}), "caption config")
+    return load_config(CaptionTrainConfig, yaml_path, overrides)
 
 
 def _device(name: str) -> torch.device:
@@ -107,7 +97,7 @@ def generate_captions(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab
     out: dict[str, str] = {}
     try:
         for batch in _loader(dataset, batch_size):
-            tokens = decode(model, batch["feats"].to(device), batch["mask"].to(device), cfg, vocab.words)
+            tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg, vocab.words)
             out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
     finally:
         model.train(was_training)
@@ -163,8 +153,9 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
     else:
         vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
         vocab.save(out_dir / "vocab.json")
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False),
-                                         encoding="utf-8")
+    import yaml
+
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
     train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing)
     val_ds = None
     if val_imgs is not None:
@@ -184,16 +175,11 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
             score = cider_of(inner, val_ds, vocab, val_scorer, greedy, cfg.eval_batch_size, device)
             return {"CIDEr-D": score}
 
-    # every checkpoint is self-describing: config, vocabulary and the manifest of the store it was trained on
-    meta = {"config": json.loads(json.dumps(asdict(cfg))), "model_name": cfg.model_name,
-            "vocab": vocab.to_json(), "vocab_size": len(vocab), "feature_dim": store.feature_dim,
-            "store": {"path": str(paths.features), "kind": store.kind, "manifest": store.manifest}}
+    # every checkpoint is self-describing: config, vocabulary and the store it was trained on
+    store_info = store_facts(store)
+    meta = checkpoint_meta("caption", cfg.model_name, to_plain(cfg), vocab.words, store_info)
     summary: dict[str, Any] = {
-        "task": "caption", "model_name": cfg.model_name, "features": str(paths.features),
-        "captions": str(paths.captions),
-        "skip_missing": skip_missing, "vocab": "vocab.json", "vocab_size": len(vocab),
-        "feature_dim": store.feature_dim, "store_kind": store.kind, "extractor": store.manifest.get("extractor"),
-        "train_images": len(train_ds.images),
+        "skip_missing": skip_missing, "vocab_size": len(vocab), "train_images": len(train_ds.images),
         "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0, "phases": {}}
     state: LoopState | None = None
     scst_ckpt = _last(out_dir / "scst") if resume else None
@@ -220,23 +206,37 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
                                      "weights": _best_into(model, out_dir / "scst" / "checkpoints")}
     if evaluate is not None:
         summary["val_cider_d"] = evaluate(model)["CIDEr-D"]
-    save_checkpoint(out_dir / "model.pt", model, None, step=state.step if state else 0,
+    last_phase = "scst" if cfg.scst.epochs > 0 else "xe"
+    (out_dir / "checkpoints").mkdir(exist_ok=True)
+    save_checkpoint(out_dir / "checkpoints" / "best.pt", model, None, step=state.step if state else 0,
                     epoch=state.epoch if state else 0, meta=meta)
-    summary["checkpoint"] = "model.pt"
-    (out_dir / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    last = out_dir / last_phase / "checkpoints" / "last.pt"
+    if last.is_file():
+        shutil.copyfile(last, out_dir / "checkpoints" / "last.pt")
+    write_run(out_dir, task="caption", model=cfg.model_name,
+              data={"features": paths.features, "captions": paths.captions}, store=store_info, summary=summary)
     return summary
 
 
-def load_caption_run(run_dir: str | Path, device: str | torch.device = "cpu"
+def load_caption_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best"
                      ) -> tuple[CaptionTrainConfig, CaptionModel, Vocab, dict[str, Any]]:
-    """(config, model with the final weights in eval mode, vocabulary, run.json) of a finished run."""
+    """(config, model with the run's weights in eval mode, vocabulary, run.json) of a finished run."""
     run_dir = Path(run_dir)
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: no run.json (not a finished caption run)")
-    info = json.loads(run_file.read_text(encoding="utf-8"))
+    info = read_run(run_dir)
+    if info["task"] != "caption":
+        from butd.errors import UserError
+
+        raise UserError(f"this is a {info['task']} run, not a captioning run", run_dir,
+                        "pass a run trained with a caption model", usage=True)
     cfg = load_caption_config(run_dir / "config.yaml")
     vocab = Vocab.load(run_dir / info["vocab"])
-    model = build_caption_model(cfg.model_name, len(vocab), int(info["feature_dim"]), cfg.model)
-    model.load_state_dict(load_checkpoint(run_dir / info["checkpoint"]).model)
+    ckpt = load_checkpoint(run_dir / info["checkpoints"][which])
+    model = build_caption_model(cfg.model_name, len(vocab), int(ckpt.meta["feature_dim"]), cfg.model)
+    model.load_state_dict(ckpt.model)
     return cfg, model.to(device).eval(), vocab, info
+
+
+def caption_data(run_dir: str | Path, info: dict[str, Any], features: str | None = None,
+                 captions: str | None = None) -> tuple[str, str]:
+    """(feature store, Karpathy JSON) of a run, where they are now (``--features/--captions`` win)."""
+    return (resolve_data(run_dir, info, "features", features), resolve_data(run_dir, info, "captions", captions))

@@ -25,31 +25,7 @@ from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 CLIP_MODES = ("norm", "value")
 
 __all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "EpochSampler", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "apply_overrides", "config_to_dict",
-           "effective_batch_size", "fit", "lr_at"]
-
-
-# --------------------------------------------------------------------------------------- config helpers
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A (nested) dataclass as plain dicts."""
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(cfg: Any, overrides: dict[str, Any] | None, where: str = "config") -> Any:
-    """A copy of frozen dataclass ``cfg`` with (nested) ``overrides``; unknown keys raise ValueError."""
-    if not overrides:
-        return cfg
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown {where} key {key!r} (known: {', '.join(sorted(fields))})")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = apply_overrides(current, value, f"{where}.{key}")
-        else:
-            changes[key] = value
-    return dataclasses.replace(cfg, **changes)
+           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "effective_batch_size", "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- loop pieces

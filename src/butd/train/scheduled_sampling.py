@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from butd.models.registry import CaptionModel
+from butd.models.caption_base import CaptionModel
 from butd.train.loop import Callback, LoopState
 from butd.train.schedules import ScheduledSamplingConfig, scheduled_sampling_prob
 
@@ -46,7 +46,7 @@ class ScheduledSampling(nn.Module, Callback):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if not self.training or self.prob <= 0.0:
             return self.model(batch)
-        feats, mask, caps = batch["feats"], batch["mask"], batch["captions"]
+        feats, mask, caps = batch["features"], batch["mask"], batch["captions"]
         inputs, targets = caps[:, :-1], caps[:, 1:]
         state = self.model.init_state(feats, mask)
         logits, attns, extras = [], [], []

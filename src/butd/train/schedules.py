@@ -19,8 +19,9 @@ own sampled word instead of the ground truth rises by ``increase_prob`` every ``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from butd.registry import Entry, Registry
 
 __all__ = ["SCHEDULES", "UNITS", "ScheduleConfig", "ScheduledSamplingConfig", "lr_at", "scheduled_sampling_prob",
            "to_steps"]
@@ -95,8 +96,14 @@ def lr_cosine(step: int, base: float, cfg: ScheduleConfig, spe: int, total: int)
     return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
-SCHEDULES: dict[str, Callable[[int, float, ScheduleConfig, int, int], float]] = {
-    "constant": lr_constant, "step": lr_step, "warmup_step": lr_warmup_step, "cosine": lr_cosine}
+# name -> Entry(config, ``(step, base_lr, cfg, steps_per_epoch, total_steps) -> lr``); butd.registry style
+SCHEDULES = Registry("LR schedule", {
+    "constant": Entry(ScheduleConfig, lr_constant, "the base rate (after an optional warmup)"),
+    "step": Entry(ScheduleConfig, lr_step,
+                  "x gamma every decay_every from decay_start, first decay one interval in (self-critical)"),
+    "warmup_step": Entry(ScheduleConfig, lr_warmup_step,
+                         "linear warmup, then x gamma at decay_start and every decay_every after it"),
+    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr")})
 
 
 def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int, steps_per_epoch: int | None = None) -> float:

@@ -18,7 +18,7 @@ can optimise it; its ``state_dict`` is the wrapped model's, so checkpoints load 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,9 @@ from torch import nn
 
 from butd.datasets.vocab import EOS, PAD, Vocab
 from butd.evaluate.cider import CiderD
+from butd.models.caption_base import CaptionModel
 from butd.models.decoding import greedy_decode, sample_decode
-from butd.models.registry import CaptionModel
+from butd.registry import Entry, Registry
 
 __all__ = ["EOS_WORD", "SCST_BASELINES", "ScstConfig", "ScstObjective", "reward_refs", "reward_texts",
            "tokens_to_text"]
@@ -71,7 +72,7 @@ def _greedy_baseline(obj: ScstObjective, batch: Mapping[str, Any], rewards: torc
     was_training = obj.model.training
     obj.model.eval()
     try:
-        greedy = greedy_decode(obj.model, batch["feats"], batch["mask"], obj.config.max_len)["tokens"]
+        greedy = greedy_decode(obj.model, batch["features"], batch["mask"], obj.config.max_len)["tokens"]
     finally:
         obj.model.train(was_training)
     refs = reward_refs(batch["refs"], obj.config.reward_eos)
@@ -87,8 +88,10 @@ def _mean_baseline(obj: ScstObjective, batch: Mapping[str, Any], rewards: torch.
     return (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
 
 
-SCST_BASELINES: dict[str, Callable[[Any, Mapping[str, Any], torch.Tensor], torch.Tensor]] = {
-    "greedy": _greedy_baseline, "mean": _mean_baseline}
+# name -> Entry(config, ``(objective, batch, rewards [B, n]) -> baseline``); butd.registry style
+SCST_BASELINES = Registry("SCST baseline", {
+    "greedy": Entry(ScstConfig, _greedy_baseline, "reward of the greedy caption (Rennie et al. 2017)"),
+    "mean": Entry(ScstConfig, _mean_baseline, "mean reward of the other samples of the image")})
 
 
 class ScstObjective(nn.Module):
@@ -125,7 +128,7 @@ class ScstObjective(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.config
-        out = sample_decode(self.model, batch["feats"], batch["mask"], cfg.max_len, n=cfg.samples,
+        out = sample_decode(self.model, batch["features"], batch["mask"], cfg.max_len, n=cfg.samples,
                             temperature=cfg.temperature, with_grad=True)
         tokens, logprobs = out["tokens"], out["logprobs"]  # [B*n, T]
         rewards = self.rewards(tokens, batch["refs"])  # [B, n]

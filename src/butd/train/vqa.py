@@ -1,21 +1,23 @@
 """VQA trainer: config, data preparation, training, prediction and evaluation of a run directory.
 
-A run directory holds config.yaml, run.json (data paths, join reports), vocab.json, answers.json,
-metrics.jsonl, checkpoints/{last,best}.pt and, after evaluation, eval_<split>.json + results_<split>.json.
+A run directory (RUNS.md) holds config.yaml, run.json, vocab.json, answers.json, metrics.jsonl,
+checkpoints/{last,best}.pt and, after evaluation, eval_<split>.json + results_<split>.json.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
+from butd.config import load_config as _load_config
+from butd.config import to_plain
+from butd.datasets.vocab import write_words
 from butd.datasets.vqa import (
     Vocab,
     VQADataConfig,
@@ -27,14 +29,15 @@ from butd.datasets.vqa import (
     load_vqa,
 )
 from butd.evaluate.vqa_accuracy import vqa_accuracy
-from butd.models.updown_vqa import UpDownVQA, UpDownVQAConfig, load_glove, vqa_loss
+from butd.models.registry import MODELS, task_of
+from butd.models.updown_vqa import UpDownVQAConfig, load_glove, vqa_loss
 from butd.shards import FeatureStore
 from butd.train.checkpoint import load_checkpoint
-from butd.train.loop import LoopConfig, LoopState, apply_overrides, config_to_dict, fit
+from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
 
 __all__ = [
     "OPTIMIZERS",
-    "VQA_MODELS",
     "VQAPaths",
     "VQATrainConfig",
     "eval_run",
@@ -51,7 +54,7 @@ __all__ = [
 class VQATrainConfig:
     """Everything a VQA run needs besides file paths; YAML files override it key by key."""
 
-    model_name: str = "updown"
+    model_name: str = "vqa"  # a VQA model of butd.models.registry.MODELS
     model: UpDownVQAConfig = field(default_factory=UpDownVQAConfig)
     data: VQADataConfig = field(default_factory=VQADataConfig)
     # bottom-up-attention-vqa (main.py, train.py): 30 epochs, batch 512, Adamax at its default 2e-3, constant,
@@ -76,13 +79,6 @@ class VQAPaths:
     glove: str | None = None
 
 
-def _build_updown(
-    cfg: VQATrainConfig, vocab_size: int, num_answers: int, feature_dim: int, embeddings: torch.Tensor | None
-) -> torch.nn.Module:
-    return UpDownVQA(vocab_size, num_answers, feature_dim, cfg.model, embeddings)
-
-
-VQA_MODELS: dict[str, Callable[..., torch.nn.Module]] = {"updown": _build_updown}
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamax": torch.optim.Adamax,
     "adam": torch.optim.Adam,
@@ -94,18 +90,7 @@ def load_config(
     yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> VQATrainConfig:
     """Defaults, then the YAML file's keys, then ``overrides`` (nested dicts)."""
-    cfg = VQATrainConfig()
-    if yaml_path is not None:
-        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping at the top level")
-        cfg = apply_overrides(cfg, _nest(cfg, data), "vqa config")
-    return apply_overrides(cfg, _nest(cfg, overrides or {}), "vqa config")
-
-
-def _nest(cfg: Any, data: dict[str, Any]) -> dict[str, Any]:
-    """YAML gives lists and plain values; frozen dataclasses hold tuples and nested dataclasses."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return _load_config(VQATrainConfig, yaml_path, overrides)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -188,10 +173,11 @@ def evaluate_dataset(
 def _build_model(
     cfg: VQATrainConfig, vocab: Vocab, answers: Sequence[str], feature_dim: int, glove: str | None
 ) -> torch.nn.Module:
-    if cfg.model_name not in VQA_MODELS:
-        raise ValueError(f"unknown VQA model {cfg.model_name!r} (known: {', '.join(VQA_MODELS)})")
+    if cfg.model_name not in MODELS or task_of(cfg.model_name) != "vqa":
+        vqa = [n for n in MODELS.names() if task_of(n) == "vqa"]
+        raise ValueError(f"unknown VQA model {cfg.model_name!r} (known: {', '.join(vqa)})")
     emb = load_glove(glove, vocab.words, cfg.model.word_dim) if glove else None
-    return VQA_MODELS[cfg.model_name](cfg, len(vocab), len(answers), feature_dim, emb)
+    return MODELS.builder(cfg.model_name)(len(vocab), len(answers), feature_dim, cfg.model, emb)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -224,27 +210,18 @@ def train_vqa(
         model.init_answer_bias(train_ds.answer_prior())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, lr=cfg.loop.lr, weight_decay=cfg.weight_decay)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
-    _write_json(
-        out / "run.json",
-        {
-            "task": "vqa",
-            "paths": asdict(paths),
-            "data": reports,
-            "num_answers": len(answers),
-            "vocab_size": len(vocab),
-        },
-    )
+    import yaml
+
+    (out / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
+    store = store_facts(train_ds.store)
+    write_run(out, task="vqa", model=cfg.model_name, store=store, data_report=reports,
+              num_answers=len(answers), vocab_size=len(vocab),
+              data={"features": paths.features, "questions": paths.questions, "annotations": paths.annotations,
+                    "val_questions": paths.val_questions, "val_annotations": paths.val_annotations,
+                    "glove": paths.glove})
     _write_json(out / "answers.json", answers)
-    _write_json(out / "vocab.json", vocab.words)
-    manifest = train_ds.store.manifest
-    meta = {
-        "task": "vqa",
-        "config": config_to_dict(cfg),
-        "vocab": vocab.words,
-        "answers": answers,
-        "store_manifest": manifest,
-    }
+    write_words(out / "vocab.json", vocab.words, "question")
+    meta = checkpoint_meta("vqa", cfg.model_name, to_plain(cfg), vocab.words, store, answers=answers)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         if val_ds is None or not any(ex.answers for ex in val_ds.examples):
@@ -275,31 +252,45 @@ def load_run(
 ) -> tuple[torch.nn.Module, VQATrainConfig, Vocab, list[str], dict[str, Any]]:
     """Model (eval mode, CPU), config, vocab, answers and run.json of a run; falls back to last.pt."""
     run = Path(run)
-    path = run / "checkpoints" / f"{which}.pt"
+    info = read_run(run)
+    if info["task"] != "vqa":
+        from butd.errors import UserError
+
+        raise UserError(f"this is a {info['task']} run, not a VQA run", run, "pass a run trained with --model vqa",
+                        usage=True)
+    path = run / info["checkpoints"][which]
     if not path.exists():
-        path = run / "checkpoints" / "last.pt"
+        path = run / info["checkpoints"]["last"]
     ckpt = load_checkpoint(path)
     cfg = load_config(None, ckpt.meta["config"])
     vocab, answers = Vocab(ckpt.meta["vocab"]), list(ckpt.meta["answers"])
-    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    feature_dim = int(ckpt.meta["store_manifest"]["dims"]["feature_dim"])
-    model = VQA_MODELS[cfg.model_name](cfg, len(vocab), len(answers), feature_dim, None)
+    model = _build_model(cfg, vocab, answers, int(ckpt.meta["feature_dim"]), None)
     model.load_state_dict(ckpt.model)
     model.eval()
     return model, cfg, vocab, answers, info
 
 
-def split_files(info: dict[str, Any], split: str) -> tuple[Any, Any]:
-    """(questions, annotations or None) files a run recorded for ``split`` ("val" or "train")."""
-    p = info["paths"]
+def split_files(run: str | Path, info: dict[str, Any], split: str,
+                questions: Sequence[str] | None = None, annotations: Sequence[str] | None = None) -> tuple[Any, Any]:
+    """(questions, annotations or None) files of ``split`` ("val" or "train"), where they are now.
+
+    ``questions`` / ``annotations`` (the ``--questions`` / ``--annotations`` options) replace the recorded ones.
+    """
     q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
-    if not p.get(q_key):
-        raise ValueError(f"the run has no {split} questions (train it with --val-questions)")
-    return p[q_key], p[a_key] or None
+    if not questions and not info["data"].get(q_key):
+        from butd.errors import UserError
+
+        raise UserError(f"the run has no {split} questions", run,
+                        "train it with --val-questions, or pass --questions", usage=True)
+    qs = resolve_data(run, info, q_key, questions)
+    ans = resolve_data(run, info, a_key, annotations) if annotations or not questions else None
+    return qs, ans or None
 
 
 def eval_run(
-    run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print, version: str = "2017"
+    run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print, *,
+    features: str | None = None, questions: Sequence[str] | None = None,
+    annotations: Sequence[str] | None = None, device: str | torch.device = "cpu", version: str = "2017",
 ) -> dict[str, Any]:
     """Evaluate a run on its ``split`` ("val" or "train") with the official evaluator ``version``
     ("2017" or "master", see butd.evaluate.vqa_accuracy).
@@ -307,12 +298,13 @@ def eval_run(
     Writes eval_<split>.json and results_<split>.json (official results format)."""
     run = Path(run)
     model, cfg, vocab, answers, info = load_run(run)
-    questions, annotations = split_files(info, split)
-    store = FeatureStore(info["paths"]["features"])
+    questions, annotations = split_files(run, info, split, questions, annotations)
+    store = FeatureStore(resolve_data(run, info, "features", features))
+    model.to(device)
     examples = load_vqa(questions, annotations)
     examples, report = join_store(examples, store, cfg.data.skip_missing)
     dataset = VQADataset(examples, store, vocab, answers, cfg.data)
-    preds = predict(model, dataset, cfg.eval_batch_size)
+    preds = predict(model, dataset, cfg.eval_batch_size, device)
     anns = _annotations(examples)
     result: dict[str, Any] = {"split": split, "data": report}
     if anns:

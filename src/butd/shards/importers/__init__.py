@@ -8,15 +8,27 @@ records it in `failures.jsonl` inside the store and goes on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from butd.registry import Entry, Registry
 from butd.shards.importers.common import ImportRowError, Row
 from butd.shards.spec import FAILURES_NAME, RecordError, StoreError
 from butd.shards.writer import ShardWriter
 
-FORMATS = ("pa-tsv", "lxmert-tsv", "hh-h5", "npz-dir")
+# name -> Entry(None, reader). A reader is ``(sources, *, allow_pickle, ids, progress, skipped) -> Iterator[Row]``.
+# To add a format: one reader module and one line here; `butd shards import/download --format` list it.
+IMPORT_FORMATS = Registry("import format", {
+    "pa-tsv": Entry(None, "butd.shards.importers.tsv:read_pa_tsv",
+                    "bottom-up-attention TSV (Caffe original): image_id, image_w, image_h, num_boxes, boxes, features"),
+    "lxmert-tsv": Entry(None, "butd.shards.importers.tsv:read_lxmert_tsv",
+                        "LXMERT TSV: ids, objects/attributes with confidences, boxes, features"),
+    "hh-h5": Entry(None, "butd.shards.importers.h5:read_hh_h5",
+                   "bottom-up-attention-vqa h5: image_features, image_bb, spatial_features"),
+    "npz-dir": Entry(None, "butd.shards.importers.npz:read_npz_dir",
+                     "bottom-up-attention.pytorch: one .npz per image (x, bbox, num_bbox, image_h, image_w)"),
+})
+FORMATS = tuple(IMPORT_FORMATS.table)  # the names, for callers that want a plain tuple
 
 
 @dataclass
@@ -25,13 +37,6 @@ class ImportSummary:
     records: int = 0
     failures: list[dict] = field(default_factory=list)
     skipped_fields: list[str] = field(default_factory=list)
-
-
-def _readers() -> dict[str, Callable[..., Iterator[Row]]]:
-    from butd.shards.importers import h5, npz, tsv
-
-    return {"pa-tsv": tsv.read_pa_tsv, "lxmert-tsv": tsv.read_lxmert_tsv, "hh-h5": h5.read_hh_h5,
-            "npz-dir": npz.read_npz_dir}
 
 
 def import_files(
@@ -50,9 +55,8 @@ def import_files(
 
     Raises ImportRowError ("file:line: reason") on the first bad row unless skip_bad.
     """
-    readers = _readers()
-    if fmt not in readers:
-        raise StoreError(f"unknown import format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    if fmt not in IMPORT_FORMATS:
+        raise StoreError(f"unknown import format {fmt!r} (expected one of {', '.join(IMPORT_FORMATS.names())})")
     sources = [Path(s) for s in sources]
     for s in sources:
         if not s.exists():
@@ -64,7 +68,7 @@ def import_files(
     source_info = {"format": fmt, "files": [s.name for s in sources]}
     writer = ShardWriter(dest, "region", max_records=max_records, source=source_info)
     try:
-        rows = readers[fmt](sources, allow_pickle=allow_pickle, ids=ids, progress=progress,
+        rows = IMPORT_FORMATS.builder(fmt)(sources, allow_pickle=allow_pickle, ids=ids, progress=progress,
                             skipped=summary.skipped_fields)
         for row in rows:
             reason = row.error
@@ -92,4 +96,4 @@ def import_files(
     return summary
 
 
-__all__ = ["FORMATS", "ImportRowError", "ImportSummary", "Row", "import_files"]
+__all__ = ["FORMATS", "IMPORT_FORMATS", "ImportRowError", "ImportSummary", "Row", "import_files"]

@@ -1,24 +1,27 @@
-"""``butd extract``: images of a dataset -> verified feature store (see butd.extract.runner)."""
+"""``butd extract`` (images -> verified feature store) and ``butd weights convert``."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
-from butd.extract.registry import ExtractorConfig, names
-from butd.extract.sources import DATASETS, iter_source, load_boxes, with_boxes
+from butd.cli import LazyGroup
+from butd.cli.options import RegistryChoice, device_option
 
-__all__ = ["extract_cmd"]
+__all__ = ["extract_cmd", "weights"]
 
 
 @click.command("extract")
-@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Source layout under --root.")
+@click.option("--dataset", type=RegistryChoice("butd.extract.sources:SOURCES"), required=True,
+              help="Source layout under --root.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), required=True, help="Dataset root.")
-@click.option("--extractor", "extractor", type=click.Choice(names()), required=True)
+@click.option("--extractor", "extractor", type=RegistryChoice("butd.extract.registry:EXTRACTORS"), required=True)
 @click.option("--mode", type=click.Choice(["detect", "grid", "boxes"]), default=None,
-              help="Default: detect for bua-r101, grid for CNNs.")
+              help="Default: the extractor's (detect for bua-r101, grid for CNNs).")
 @click.option("--weights", default=None,
               help="Weights file (.pth state dict / .safetensors), 'imagenet' or 'random'.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Store directory (resumable).")
@@ -36,38 +39,39 @@ __all__ = ["extract_cmd"]
               help="Detector: store the pooled proposal boxes (as the original) or the class-regressed ones.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per shard / work unit.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--image-size", type=int, default=None, help="Input side for grid networks.")
-@click.option("--device", default=None, help="auto | cpu | cuda")
+@click.option("--image-size", type=int, default=None, help="Grid networks: input side.")
+@device_option
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML of ExtractorConfig fields; command-line options win.")
+              help="YAML of the extractor's config fields; command-line options win.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Verify the store at the end.")
 def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weights: str | None, out: str,
                 address: str | None, workers: int | None, threads: int | None, fp16: bool | None,
                 boxes_file: str | None, min_boxes: int | None, max_boxes: int | None,
                 conf_thresh: float | None, box_source: str | None, shard_size: int, batch_size: int,
-                image_size: int | None, device: str | None, config_file: str | None, no_progress: bool,
+                image_size: int | None, device: str, config_file: str | None, no_progress: bool,
                 verify: bool) -> None:
     """Extract features for every image of --dataset under --root into the store --out."""
+    from butd.config import read_yaml
+    from butd.extract.registry import extractor_config
     from butd.extract.runner import FAILURES_NAME, run_extraction
+    from butd.extract.sources import iter_source, load_boxes, with_boxes
     from butd.shards import verify_store
 
-    overrides = {"name": extractor, "mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size,
-                 "device": device, "min_boxes": min_boxes, "max_boxes": max_boxes, "conf_thresh": conf_thresh}
-    if config_file:
-        cfg = ExtractorConfig.from_yaml(config_file, **overrides)
-    else:
-        cfg = ExtractorConfig(name=extractor).replace(**overrides)
-    if box_source:
-        cfg = cfg.replace(extra={**cfg.extra, "box_source": box_source})
-    if mode is None and not (config_file and "mode" in _yaml_keys(config_file)):
-        cfg = cfg.replace(mode="detect" if extractor.startswith("bua") else "grid")
+    given: dict[str, Any] = {"mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size,
+                             "device": device, "min_boxes": min_boxes, "max_boxes": max_boxes,
+                             "conf_thresh": conf_thresh, "box_source": box_source}
+    if device == "auto":
+        given["device"] = None  # the config file's or the extractor's default (auto)
+    cfg = extractor_config(extractor, read_yaml(config_file) if config_file else None,
+                           **{k: v for k, v in given.items() if v is not None})
+    click.echo(f"extractor {extractor}, mode {cfg.mode}, device {cfg.device}", err=True)
     items = iter_source(dataset, root, mode=cfg.mode)
     if boxes_file:
         items = with_boxes(items, load_boxes(boxes_file))
     summary = run_extraction(items, cfg, out, address=address, workers=workers, shard_size=shard_size,
                              batch_size=batch_size, progress=not no_progress, threads=threads,
-                             source_info={"dataset": dataset, "root": str(root)})
+                             source_info={"dataset": dataset, "root": str(Path(root).resolve())})
     click.echo(json.dumps(summary.to_dict()))
     if summary.failed:
         click.echo(f"{summary.failed} image(s) could not be read: see {out}/{FAILURES_NAME}", err=True)
@@ -80,13 +84,19 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
         click.echo(f"verified {report.records} records in {out}", err=True)
 
 
-def _yaml_keys(path: str) -> set[str]:
-    import yaml
-
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    return set(data) if isinstance(data, dict) else set()
+@click.group(cls=LazyGroup)
+def weights() -> None:
+    """Model weights: convert published checkpoints to safetensors."""
 
 
-if __name__ == "__main__":
-    extract_cmd()
+@weights.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def convert_cmd(src: Path, dest: Path) -> None:
+    """Convert a published BUTD detector checkpoint (.pkl / .pth) to DEST.safetensors."""
+    from butd.extract.detector import convert_weights
+
+    s = convert_weights(src, dest)
+    click.echo(f"wrote {s['dest']}: {s['tensors']} tensors, {s['parameters']:,} parameters, "
+               f"layout {s['layout']}, {s['renamed']} renamed, {len(s['dropped'])} dropped")
+    click.echo(f"sha256 {s['sha256']}")

@@ -1,0 +1,161 @@
+"""``butd shards ...`` (info, verify, import, export, publish) and ``butd download``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from butd.cli import LazyGroup
+from butd.cli.options import RegistryChoice
+
+__all__ = ["download_cmd", "shards"]
+
+_FORMATS = "butd.shards.importers:IMPORT_FORMATS"
+
+
+@click.group(cls=LazyGroup)
+def shards() -> None:
+    """Inspect, verify, import, export and publish feature stores."""
+
+
+@shards.command("info")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def shards_info(store: Path, as_json: bool) -> None:
+    """Summarise STORE from its manifest."""
+    from butd.shards import read_manifest
+
+    m = read_manifest(store)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    size = sum(s["bytes"] for s in m["shards"]) + m["index"]["bytes"]
+    click.echo(f"store      {store}")
+    click.echo(f"spec       {m['format']} {m['spec_version']}")
+    click.echo(f"kind       {m['kind']}")
+    click.echo(f"records    {m['num_records']} in {len(m['shards'])} shard(s), {size / 2**20:.1f} MiB")
+    click.echo(f"dims       {json.dumps(m['dims'])}")
+    ext = m.get("extractor") or {}
+    if ext:
+        click.echo(f"extractor  {ext.get('name')} (weights sha256 {str(ext.get('weights_sha256'))[:16]})")
+    if m.get("source"):
+        click.echo(f"source     {json.dumps(m['source'])}")
+    click.echo(f"created    {m['created'].get('time')} by butd {m['created'].get('butd_version')}")
+
+
+@shards.command("verify")
+@click.argument("store", type=click.Path(path_type=Path))
+def shards_verify(store: Path) -> None:
+    """Re-hash every shard and decode every record of STORE; exit 1 on any mismatch."""
+    from butd.shards import verify_store
+
+    report = verify_store(store, progress=True)
+    if not report.ok:
+        for p in report.problems:
+            click.echo(f"FAIL {p}", err=True)
+        raise SystemExit(1)
+    click.echo(f"OK {store}: {report.records} records, {report.bytes_hashed / 2**20:.1f} MiB hashed")
+
+
+@shards.command("import")
+@click.option("--format", "fmt", required=True, type=RegistryChoice(_FORMATS))
+@click.option("--skip-bad", is_flag=True, help="Record bad rows in DEST/failures.jsonl and import the rest.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Read pickled legacy fields (npz `info`, h5 id index .pkl) with a restricted unpickler.")
+@click.option("--ids", type=click.Path(exists=True, path_type=Path),
+              help="hh-h5 image-id -> row index (.json, or .pkl with --allow-pickle).")
+@click.option("--feature-dim", type=int, help="Reject rows whose feature width differs.")
+@click.option("--shard-records", type=int, default=1000, show_default=True, help="Records per shard.")
+@click.argument("src", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+def shards_import(fmt, skip_bad, allow_pickle, ids, feature_dim, shard_records, src, dest) -> None:
+    """Import SRC... (files, .zip archives or an npz directory) into a new store DEST."""
+    from butd.shards.importers import import_files
+
+    s = import_files(fmt, list(src), dest, skip_bad=skip_bad, allow_pickle=allow_pickle, ids=ids,
+                     feature_dim=feature_dim, max_records=shard_records)
+    click.echo(f"imported {s.records} records into {dest}")
+    if s.failures:
+        click.echo(f"{len(s.failures)} bad row(s) skipped, listed in {dest / 'failures.jsonl'}")
+    for name in s.skipped_fields:
+        hint = " (pickled: pass --allow-pickle to import objects/attributes from it)" if name == "info" else ""
+        click.echo(f"skipped field {name!r}{hint}")
+
+
+@shards.command("export")
+@click.option("--format", "fmt", required=True, type=click.Choice(["hh-h5"]))
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def shards_export(fmt: str, store: Path, out: Path) -> None:
+    """Export STORE to OUT (hh-h5 also writes OUT's stem + .ids.json)."""
+    from butd.shards import FeatureStore
+    from butd.shards.importers.h5 import export_hh_h5
+
+    export_hh_h5(FeatureStore(store), out)
+    click.echo(f"wrote {out} and {out.with_suffix('.ids.json')}")
+
+
+@shards.command("publish")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Name recorded in index.json (default: the store dir name).")
+@click.option("--url", default=None, help="Base URL OUTDIR will be served at (for the registry entry).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def publish_cmd(store: Path, outdir: Path, name: str | None, url: str | None, progress: bool) -> None:
+    """Verify STORE and lay it out in OUTDIR for serving over HTTPS (the store as is, plus index.json)."""
+    from butd.shards.publish import publish_store, registry_entry
+
+    index = publish_store(store, outdir, name=name, progress=progress)
+    click.echo(f"published {index['name']}: {index['num_records']} records, {index['files']} files, "
+               f"{index['total_bytes']} bytes in {outdir}")
+    click.echo(f"manifest sha256 {index['manifest_sha256']}")
+    entry = registry_entry(index, url or "https://HOST/PATH")
+    click.echo("registry entry (serve OUTDIR, then put its base URL in 'url'):")
+    click.echo(json.dumps({index["name"]: entry}, indent=2))
+
+
+@click.command("download")
+@click.argument("source", required=False)
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path),
+              help="Store directory to create (the manifest appears in it only when complete).")
+@click.option("--jobs", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
+@click.option("--registry", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Registry JSON whose datasets add to / override the shipped one.")
+@click.option("--mirror", default=None, help="Base URL replacing scheme and host of every URL.")
+@click.option("--trust-on-first-use", is_flag=True,
+              help="Accept an archive with no known sha256 (its sha256 is printed so you can pin it).")
+@click.option("--allow-http", is_flag=True, help="Allow plain http to non-loopback hosts.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds without data before a request counts as failed.")
+@click.option("--retries", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="Retries per file on drops, timeouts and 5xx (exponential backoff).")
+@click.option("--format", "fmt", type=RegistryChoice(_FORMATS), default=None,
+              help="Format of a legacy archive (default: the registry entry's; never guessed from the name).")
+@click.option("--backoff", default=1.0, show_default=True, type=click.FloatRange(min=0), hidden=True)
+@click.option("--list", "list_", is_flag=True, help="List the registry's datasets and exit.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def download_cmd(source: str | None, to: Path | None, jobs: int, registry: Path | None, mirror: str | None,
+                 trust_on_first_use: bool, allow_http: bool, timeout: float, retries: int, fmt: str | None,
+                 backoff: float, list_: bool, progress: bool) -> None:
+    """Download SOURCE into the store --to DIR, verified and resumable.
+
+    SOURCE is the base URL of a published store, a registry name (see --list), or the URL
+    of a legacy feature archive (.zip, with --format), which is imported into DIR after download.
+    """
+    from butd.shards.download import download
+    from butd.shards.publish import load_registry
+
+    if list_:
+        for name, e in sorted(load_registry(registry).items()):
+            pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
+            click.echo(f"{name:28s} {e['format']:11s} {pinned:14s} {e['url']}")
+        return
+    if not source or to is None:
+        raise click.UsageError("SOURCE and --to DIR are required (or --list)")
+    result = download(source, to, jobs=jobs, registry=registry, mirror=mirror,
+                      trust_on_first_use=trust_on_first_use, allow_http=allow_http, timeout=timeout,
+                      retries=retries, fmt=fmt, backoff=backoff, progress=progress,
+                      log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"{result.path}: verified, {result.report.records} records ({result.kind} from {result.url})")

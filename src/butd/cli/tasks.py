@@ -1,0 +1,194 @@
+"""``butd train / eval / caption / answer / report``: thin commands over the task layer (butd.tasks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from butd.cli.options import RegistryChoice, device_option, pick_device
+from butd.errors import UserError
+
+__all__ = ["answer_cmd", "caption_cmd", "eval_cmd", "report_cmd", "train_cmd"]
+
+_MODELS = "butd.models.registry:MODELS"
+# options that belong to one task only; giving one to a model of the other task is a usage error
+_TASK_OPTIONS = {"captions": "caption", "scst_epochs": "caption", "questions": "vqa", "annotations": "vqa",
+                 "val_questions": "vqa", "val_annotations": "vqa", "glove": "vqa", "min_answer_count": "vqa"}
+_REQUIRED = {"caption": ("captions",), "vqa": ("questions", "annotations")}
+
+
+def _file(**kw: Any) -> click.Path:
+    return click.Path(exists=True, dir_okay=False, **kw)
+
+
+@click.command("train")
+@click.option("--model", required=True, type=RegistryChoice(_MODELS),
+              help="Model to train; its task (captioning or VQA) comes from the model registry.")
+@click.option("--features", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Feature store directory (region or grid).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--config", "config_file", type=_file(), help="YAML overrides of the task's train config.")
+@click.option("--epochs", type=int, help="Epochs (captioning: the cross-entropy phase).")
+@click.option("--skip-missing", is_flag=True, help="Drop images absent from the store instead of failing.")
+@device_option
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT exactly where it stopped.")
+@click.option("--captions", type=_file(), help="[caption] Karpathy split JSON.")
+@click.option("--scst-epochs", type=int, help="[caption] SCST epochs after cross-entropy.")
+@click.option("--questions", type=_file(), multiple=True, help="[vqa] VQA v2 questions JSON (repeatable).")
+@click.option("--annotations", type=_file(), multiple=True, help="[vqa] annotations JSON, one per --questions.")
+@click.option("--val-questions", type=_file(), multiple=True, help="[vqa] validation questions JSON.")
+@click.option("--val-annotations", type=_file(), multiple=True, help="[vqa] validation annotations JSON.")
+@click.option("--glove", type=_file(), help="[vqa] GloVe text file (300-d) for the word embeddings.")
+@click.option("--min-answer-count", type=int, help="[vqa] answer candidates: seen in at least N questions (9).")
+def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, device: str,
+              **options: Any) -> None:
+    """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
+    from butd.models.registry import task_of
+    from butd.tasks import task_module
+
+    task = task_of(model)
+    for key, owner in _TASK_OPTIONS.items():
+        if owner != task and options.get(key):
+            raise UserError(f"--{key.replace('_', '-')} is a {owner} option", f"--model {model} is a {task} model",
+                            f"drop it, or choose a {owner} model", usage=True)
+    for key in _REQUIRED[task]:
+        if not options.get(key):
+            raise UserError(f"--{key} is required to train a {task} model", f"--model {model}",
+                            f"pass --{key} FILE", usage=True)
+    options = {**options, "features": features, "device": pick_device(device)}
+    summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
+    score = summary.get("val_cider_d") if task == "caption" else summary.get("best")
+    done = [f"model {model}", *([f"{summary['epochs']} epochs"] if "epochs" in summary else []),
+            *([f"best validation score {score:.3f}"] if score is not None else [])]
+    click.echo(f"wrote {out} ({', '.join(done)})")
+
+
+def _task_of_run(run: Path) -> str:
+    from butd.train.run_format import read_run
+
+    return read_run(run)["task"]
+
+
+_RUN = click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+_FEATURES = click.option("--features", type=click.Path(exists=True, file_okay=False),
+                         help="The run's feature store, if it moved since training.")
+_CAPTIONS = click.option("--captions", type=_file(), help="[caption] the run's Karpathy JSON, if it moved.")
+_QUESTIONS = click.option("--questions", type=_file(), multiple=True,
+                          help="[vqa] questions of the split, if they moved (replaces the recorded ones).")
+_ANNOTATIONS = click.option("--annotations", type=_file(), multiple=True,
+                            help="[vqa] annotations of the split, if they moved.")
+
+
+def _data(task: str, features: str | None, captions: str | None, questions: tuple, annotations: tuple) -> dict:
+    if task == "caption":
+        if questions or annotations:
+            raise UserError("--questions/--annotations are for VQA runs", "a caption run", "use --captions",
+                            usage=True)
+        return {"features": features, "captions": captions}
+    if captions:
+        raise UserError("--captions is for caption runs", "a VQA run", "use --questions/--annotations", usage=True)
+    return {"features": features, "questions": list(questions) or None, "annotations": list(annotations) or None}
+
+
+@click.command("eval")
+@_RUN
+@click.option("--split", default=None, help="test (captioning default) or val (VQA default).")
+@click.option("--beam", default=None, type=int,
+              help="Beam width for captioning (1 = greedy); default: the run's decode config.")
+@click.option("--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
+              help="VQA runs: the official evaluator's 2017 rules (challenge, papers) or master (2021 fix).")
+@device_option
+@_FEATURES
+@_CAPTIONS
+@_QUESTIONS
+@_ANNOTATIONS
+def eval_cmd(run: Path, split: str | None, beam: int | None, vqa_eval: str, device: str, features, captions,
+             questions, annotations) -> None:
+    """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
+    from butd.tasks import task_module
+
+    task = _task_of_run(run)
+    mod = task_module(task)
+    mod.evaluate(run, split or mod.SPLIT, beam=beam, vqa_eval=vqa_eval, device=pick_device(device),
+                 echo=click.echo,
+                 **_data(task, features, captions, questions, annotations))
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command("caption")
+@_RUN
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--beam", default=None, type=int, help="Beam width (1 = greedy); default: the run's decode config.")
+@device_option
+def caption_cmd(run: Path, images: tuple[Path, ...], beam: int | None, device: str) -> None:
+    """Caption new IMAGES end to end: the run's extractor, then its model. One line per image."""
+    from butd.tasks import caption
+
+    if _task_of_run(run) != "caption":
+        raise UserError("this is a VQA run; `butd caption` needs a captioning run", run,
+                        "pass a run trained with a caption model", usage=True)
+    for path, text in caption.predict(run, list(images), beam=beam, device=pick_device(device), warn=_warn):
+        click.echo(f"{path}\t{text}")
+
+
+@click.command("answer")
+@_RUN
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("question")
+@click.option("--top", default=5, show_default=True, type=int)
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the attention picture (default: IMAGE stem + _attention.png here).")
+@device_option
+def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None, device: str) -> None:
+    """Answer QUESTION about IMAGE with a VQA run: top answers with scores, attention as a PNG.
+
+    Needs only the run directory: run.json records the extractor the run's features came from.
+    """
+    from PIL import Image
+
+    from butd.evaluate.report import render_attention
+    from butd.tasks import vqa
+
+    if _task_of_run(run) != "vqa":
+        raise UserError("this is a captioning run; `butd answer` needs a VQA run", run,
+                        "pass a run trained with --model vqa", usage=True)
+    res = vqa.predict(run, image, question, top=top, device=pick_device(device))
+    for a, s in zip(res["answers"], res["scores"]):
+        click.echo(f"{s:6.3f}  {a}")
+    png = png or Path(f"{image.stem}_attention.png")
+    with Image.open(image) as im:
+        rgb = im.convert("RGB")
+    render_attention(rgb, res["attention"], boxes=res.get("boxes"), grid=res.get("grid")).save(png)
+    click.echo(f"attention over {'the grid' if res.get('grid') else 'the boxes'} written to {png}")
+
+
+@click.command("report")
+@_RUN
+@click.option("--split", default=None, help="test (captioning default) or val (VQA default).")
+@click.option("--n", "n_images", default=50, show_default=True, type=int)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True)
+@click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Where the images are (default: the store's source root).")
+@_FEATURES
+@_CAPTIONS
+@_QUESTIONS
+@_ANNOTATIONS
+def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None, features,
+               captions, questions, annotations) -> None:
+    """Write a self-contained HTML page: images, text, and the attention of every word (plus PNGs)."""
+    from butd.evaluate.report import write_report
+    from butd.tasks import task_module
+
+    task = _task_of_run(run)
+    mod = task_module(task)
+    split = split or mod.SPLIT
+    items = mod.report_items(run, split, n_images, images_root,
+                             **_data(task, features, captions, questions, annotations))
+    write_report(items, out, title=f"butd {task} report: {run.name}, {split} split")
+    click.echo(f"wrote {out} ({len(items)} images) and {out.with_name(out.stem + '_png')}/")

@@ -1,0 +1,72 @@
+"""The shared :class:`CaptionModel` interface of every captioning model (registered in registry.py).
+
+Every caption model works on a set of K feature vectors (regions, or the H*W cells of a grid) with a mask:
+
+* ``init_state(feats [B, K, D], mask [B, K] bool) -> state``: a dict of batch-first tensors, so decoders can
+  reorder / repeat it along dim 0 (beam search);
+* ``step(tokens [B], state, feats, mask) -> (logprobs [B, V], state, attn [B, K])``: one decoding step;
+* ``forward(batch)``: teacher forcing over ``batch["captions"]`` [B, L] (BOS .. EOS, PAD=0) returning
+  ``{"logits": [B, L-1, V], "attn": [B, L-1, K], "targets": [B, L-1], ...}``;
+* ``loss(outputs, batch) -> {"loss", "xe", ...}``: the training objective (scalar tensors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PAD", "CaptionModel", "State", "masked_mean"]
+
+State = dict[str, torch.Tensor]
+PAD = 0  # same as butd.datasets.vocab.PAD (models do not import the data package)
+
+
+def masked_mean(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of feats [B, K, D] over the K positions where mask [B, K] is True -> [B, D]."""
+    m = mask.to(feats.dtype).unsqueeze(-1)
+    return (feats * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class CaptionModel(nn.Module):
+    """Base class: subclasses implement ``init_state`` and ``step_logits``; may extend ``loss``."""
+
+    vocab_size: int
+
+    def init_state(self, feats: torch.Tensor, mask: torch.Tensor) -> State:
+        raise NotImplementedError
+
+    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, State, torch.Tensor, dict[str, torch.Tensor]]:
+        """One step: (logits [B, V], new state, attention [B, K], extras {name: [B]})."""
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
+             ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """tokens [B] (previous word) -> (log-probabilities [B, V], new state, attention [B, K])."""
+        logits, state, attn, _ = self.step_logits(tokens, state, feats, mask)
+        return F.log_softmax(logits, dim=-1), state, attn
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Teacher forcing: logits [B, T, V], attn [B, T, K], targets [B, T], stacked extras [B, T]."""
+        feats, mask, caps = batch["features"], batch["mask"], batch["captions"]
+        inputs, targets = caps[:, :-1], caps[:, 1:]
+        state = self.init_state(feats, mask)
+        logits, attns, extras = [], [], []
+        for t in range(inputs.size(1)):
+            lg, state, attn, ex = self.step_logits(inputs[:, t], state, feats, mask)
+            logits.append(lg)
+            attns.append(attn)
+            extras.append(ex)
+        out = {"logits": torch.stack(logits, 1), "attn": torch.stack(attns, 1), "targets": targets}
+        for key in extras[0] if extras else ():
+            out[key] = torch.stack([ex[key] for ex in extras], 1)
+        return out
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Token-mean cross-entropy over non-PAD targets."""
+        logits, targets = outputs["logits"], outputs["targets"]
+        xe = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD)
+        return {"loss": xe, "xe": xe.detach()}

@@ -1,0 +1,130 @@
+"""The VQA task: train, load a run, evaluate, answer about a new image, report items, featurize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from butd.datasets.vqa import featurize as _featurize
+from butd.errors import UserError
+from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor
+
+__all__ = ["evaluate", "featurize", "load_run", "predict", "report_items", "train"]
+
+SPLIT = "val"  # the split `butd eval` / `butd report` use by default
+
+
+def featurize(record: dict[str, Any], kind: str, max_boxes: int) -> dict[str, torch.Tensor]:
+    """One store record -> features [1, K, D], boxes [1, K, 4], mask [1, K] (the Dataset's own function)."""
+    feats, boxes, mask = _featurize(record, kind, max_boxes)
+    return {"features": torch.from_numpy(feats)[None], "boxes": torch.from_numpy(boxes)[None],
+            "mask": torch.from_numpy(mask)[None]}
+
+
+def train(model: str, options: dict[str, Any], out: str | Path, *, config: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, resume: bool = False,
+          echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train VQA model ``model`` on ``options`` (features, questions, annotations, val_*, glove) into ``out``.
+
+    ``options`` may also set ``epochs``, ``min_answer_count``, ``device`` and ``skip_missing``.
+    """
+    from butd.train.vqa import VQAPaths, load_config, train_vqa
+
+    overrides = dict(overrides or {})
+    if options.get("skip_missing"):
+        overrides.setdefault("data", {})["skip_missing"] = True
+    if options.get("min_answer_count") is not None:
+        overrides.setdefault("data", {})["min_answer_count"] = options["min_answer_count"]
+    if options.get("epochs") is not None:
+        overrides.setdefault("loop", {})["epochs"] = options["epochs"]
+    if options.get("device"):
+        overrides["device"] = options["device"]
+    cfg = load_config(config, {**overrides, "model_name": model})
+    vq, va = tuple(options.get("val_questions") or ()), tuple(options.get("val_annotations") or ())
+    if va and len(vq) != len(va):
+        raise UserError("give one --val-annotations per --val-questions", f"{len(vq)} vs {len(va)}",
+                        "pass them in pairs", usage=True)
+    if len(options["questions"]) != len(options["annotations"]):
+        raise UserError("give one --annotations per --questions", "", "pass them in pairs", usage=True)
+    paths = VQAPaths(features=str(options["features"]), questions=tuple(options["questions"]),
+                     annotations=tuple(options["annotations"]), val_questions=vq, val_annotations=va,
+                     glove=options.get("glove"))
+    state = train_vqa(cfg, paths, out, resume=resume, echo=echo)
+    return {"steps": state.step, "epochs": state.epoch, "best": state.best, "best_epoch": state.best_epoch}
+
+
+def load_run(run: str | Path, device: str = "cpu"):
+    """(model in eval mode on ``device``, config, vocab, answers, run.json) of a VQA run."""
+    from butd.train.vqa import load_run as _load
+
+    model, cfg, vocab, answers, info = _load(run)
+    return model.to(device), cfg, vocab, answers, info
+
+
+def evaluate(run: str | Path, split: str = SPLIT, *, device: str = "cpu", features: str | None = None,
+             questions: Sequence[str] | None = None, annotations: Sequence[str] | None = None,
+             echo: Callable[[str], None] | None = None, vqa_eval: str = "2017", **_: Any) -> dict[str, Any]:
+    """Official VQA accuracy on ``split`` (``vqa_eval``: the 2017 or master rules of the official evaluator);
+    writes RUN/eval_SPLIT.json and RUN/results_SPLIT.json."""
+    from butd.train.vqa import eval_run
+
+    return eval_run(run, split, echo=echo, features=features, questions=questions, annotations=annotations,
+                    device=device, version=vqa_eval)
+
+
+def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """Answer ``question`` about a new ``image``: top answers, scores, attention and the record's geometry."""
+    model, cfg, vocab, answers, info = load_run(run, device)
+    found = extract_images([Path(image)], run_extractor(info), device)
+    if not found:
+        raise UserError("the image could not be read", image, "pass a JPEG or PNG file")
+    rec = found[0][1]
+    kind = info["store"]["kind"]
+    max_boxes = int(cfg.data.max_boxes or rec["features"].shape[0])
+    batch = featurize(rec, kind, max_boxes)
+    batch["tokens"] = torch.from_numpy(vocab.encode(question, cfg.data.max_question_len))[None]
+    with torch.no_grad():
+        res = model.answer({k: v.to(device) for k, v in batch.items()}, answers, k=top)[0]
+    k = int(batch["mask"].sum())
+    return {"answers": res["answers"], "scores": res["scores"], "attention": np.asarray(res["attention"])[:k],
+            "record": rec, **geometry(rec, k)}
+
+
+def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
+                 features: str | None = None, questions: Sequence[str] | None = None,
+                 annotations: Sequence[str] | None = None, **_: Any) -> list:
+    """The first `n` questions of `split`: question, answer, ground truth and attended regions."""
+    from butd.datasets.vqa import VQADataset, join_store, load_vqa
+    from butd.evaluate.report import ReportItem
+    from butd.shards import FeatureStore
+    from butd.train.run_format import resolve_data
+    from butd.train.vqa import split_files
+
+    model, cfg, vocab, answers, info = load_run(run)
+    qs, anns = split_files(run, info, split, questions, annotations)
+    store_path = resolve_data(run, info, "features", features)
+    store = FeatureStore(store_path)
+    examples, _ = join_store(load_vqa(qs, anns), store, True)
+    examples = examples[:n]
+    ds = VQADataset(examples, store, vocab, answers, cfg.data)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("tokens", "features", "mask")}
+    results = model.answer(batch, answers, k=1)
+    first = qs[0] if isinstance(qs, list) else qs
+    index = image_index(image_roots(store_path, first, images_root))
+    items = []
+    for ex, res in zip(examples, results):
+        path = index.get(str(ex.image_id))
+        if path is None:
+            raise UserError(f"image {ex.image_id} not found", images_root or store_path,
+                            "pass --images-root DIR", usage=True)
+        rec = store[str(ex.image_id)]
+        lines = (("question", ex.question), ("answer", f"{res['answers'][0]} ({res['scores'][0]:.2f})"),
+                 ("ground truth", ex.mc_answer or "—"))
+        weights = np.asarray(res["attention"])
+        items.append(ReportItem(f"q{ex.question_id}", path, lines, (("answer", weights),),
+                                **geometry(rec, len(weights))))
+    return items
