@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from butd.models.caption_base import CaptionModel, State
 from butd.models.decoding import (
     CAFFE_ALLOWED_REPEATS,
     DecodeConfig,
@@ -16,7 +17,6 @@ from butd.models.decoding import (
     sample_decode,
     with_beam,
 )
-from butd.models.caption_base import CaptionModel, State
 
 WORDS = ["<pad>", "<bos>", "<eos>", "a", "dog", "runs", "the"]
 

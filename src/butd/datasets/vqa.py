@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from butd.errors import UserError
 from butd.evaluate.vqa_accuracy import ANSWER_TYPES, normalize_answer, soft_scores
 from butd.shards import FeatureStore, scalar
 
@@ -195,7 +196,8 @@ def candidate_examples(
 ) -> list[VQAExample]:
     """The annotated examples whose answers choose the candidates (see ``VQADataConfig.answers_from``)."""
     if answers_from not in ANSWER_SOURCES:
-        raise ValueError(f"unknown answers_from {answers_from!r} (known: {', '.join(ANSWER_SOURCES)})")
+        raise UserError(f"unknown answers_from {answers_from!r}", "data.answers_from",
+                        f"use one of {', '.join(ANSWER_SOURCES)}", usage=True)
     return [*train, *(ex for ex in val if ex.answers)] if answers_from == "train+val" else list(train)
 
 

@@ -32,6 +32,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from butd.errors import UserError
+
 __all__ = [
     "ANSWER_TYPES",
     "ARTICLES",
@@ -181,7 +183,8 @@ VERSIONS: dict[str, Callable[[str, Sequence[str]], tuple[str, list[str]]]] = {
 
 def _compare(version: str) -> Callable[[str, Sequence[str]], tuple[str, list[str]]]:
     if version not in VERSIONS:
-        raise ValueError(f"unknown VQA evaluator version {version!r} (known: {', '.join(VERSIONS)})")
+        raise UserError(f"unknown VQA evaluator version {version!r}", "--vqa-eval",
+                        f"use one of {', '.join(VERSIONS)}", usage=True)
     return VERSIONS[version]
 
 

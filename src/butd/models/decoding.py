@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from butd.errors import UserError
 from butd.models.caption_base import PAD, CaptionModel, State
 from butd.registry import Entry, Registry
 
@@ -75,7 +76,7 @@ def _reorder(state: State, index: torch.Tensor) -> State:
 
 def _check_max_len(max_len: int) -> None:
     if max_len < 1:
-        raise ValueError("max_len must be >= 1")
+        raise UserError("max_len must be at least 1", max_len, "set decode.max_len to 1 or more", usage=True)
 
 
 def _block(logprobs: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from butd.errors import UserError
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
 from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 
@@ -182,7 +183,8 @@ def effective_batch_size(n: int, config: LoopConfig) -> int:
 def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
     """Clip gradients as configured; returns the global gradient norm before clipping."""
     if config.clip_mode not in CLIP_MODES:
-        raise ValueError(f"unknown clip_mode {config.clip_mode!r} (known: {', '.join(CLIP_MODES)})")
+        raise UserError(f"unknown clip_mode {config.clip_mode!r}", "loop.clip_mode",
+                        f"use one of {', '.join(CLIP_MODES)}", usage=True)
     params = [p for p in model.parameters() if p.grad is not None]
     if config.clip_mode == "norm" and config.grad_clip > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))

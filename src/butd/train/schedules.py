@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from butd.errors import UserError
 from butd.registry import Entry, Registry
 
 __all__ = ["SCHEDULES", "UNITS", "ScheduleConfig", "ScheduledSamplingConfig", "lr_at", "scheduled_sampling_prob",
@@ -60,7 +61,8 @@ def to_steps(value: float, unit: str, steps_per_epoch: int, total: int) -> float
         return float(value) * steps_per_epoch
     if unit == "fraction":
         return float(value) * total
-    raise ValueError(f"unknown schedule unit {unit!r} (known: {', '.join(UNITS)})")
+    raise UserError(f"unknown schedule unit {unit!r}", "loop.schedule.unit", f"use one of {', '.join(UNITS)}",
+                    usage=True)
 
 
 def _warmup(step: int, warmup: float) -> float:
@@ -112,7 +114,7 @@ def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int, steps_per_epo
     if cfg.name not in SCHEDULES:
         raise ValueError(f"unknown LR schedule {cfg.name!r} (known: {', '.join(SCHEDULES)})")
     if cfg.unit not in UNITS:
-        raise ValueError(f"unknown schedule unit {cfg.unit!r} (known: {', '.join(UNITS)})")
+        to_steps(0.0, cfg.unit, 1, 1)  # raises the one-line error
     spe = max(1, steps_per_epoch if steps_per_epoch is not None else total)
     return SCHEDULES[cfg.name](step, base, cfg, spe, max(1, total))
 
