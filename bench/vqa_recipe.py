@@ -32,7 +32,8 @@ from butd.train.vqa import VQAPaths, eval_run, load_config, train_vqa
 OLD = {
     "model": {"hidden_dim": 512, "attention_dim": 512, "joint_dim": 512, "classifier_dim": 512, "dropout": 0.0},
     "data": {"answers_from": "train+val"},
-    "loop": {"epochs": 13, "batch_size": 512, "lr": 2e-3, "grad_clip": 0.25, "clip_mode": "norm",
+    "loop": {"epochs": 13, "batch_size": 512, "min_steps_per_epoch": 0, "lr": 2e-3, "grad_clip": 0.25,
+             "clip_mode": "norm",
              "schedule": {"name": "constant", "warmup": 0.0}},
 }
 
