@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,27 @@ def test_mistakes_are_one_line_user_errors(tmp_path):
         load_config(LoopConfig, tmp_path / "list.yaml")
     with pytest.raises(UserError, match="bad GridConfig settings"):
         merge_config(resolve(EXTRACTORS.entry("vgg16").config)(), {"mode": "detect"})
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "extract").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_extractor_configs_load(path):
+    from butd.config import read_yaml
+    from butd.extract.registry import extractor_config
+
+    data = read_yaml(path)
+    cfg = extractor_config(data.pop("name"), data)
+    assert cfg.name == path.stem
+
+
+@pytest.mark.parametrize("path", sorted([*(REPO / "configs").glob("*.yaml"),
+                                         *(REPO / "src" / "butd" / "demo_configs").glob("*.yaml")]),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_shipped_train_configs_load(path):
+    cls = VQATrainConfig if path.stem == "vqa" else CaptionTrainConfig
+    cfg = load_config(cls, path)
+    assert cfg.model_name == path.stem  # each file trains the model it is named after
+    if cls is CaptionTrainConfig:  # the model section is checked against that model's own config
+        merge_config(MODELS.config_class(cfg.model_name)(), dict(cfg.model))
