@@ -98,6 +98,7 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     res = CliRunner().invoke(main, ["extract", *args])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
+    assert res.stderr.count("device: cpu (1 model actor(s))") == 1  # --device auto, the choice said once
     summary = json.loads(res.stdout.strip().splitlines()[0])
     assert (summary["total"], summary["written"], summary["failed"]) == (9, 6, 3)
     assert verify_store(out, progress=False).ok

@@ -65,13 +65,13 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
         given["device"] = None  # the config file's or the extractor's default (auto)
     cfg = extractor_config(extractor, read_yaml(config_file) if config_file else None,
                            **{k: v for k, v in given.items() if v is not None})
-    click.echo(f"extractor {extractor}, mode {cfg.mode}, device {cfg.device}", err=True)
     items = iter_source(dataset, root, mode=cfg.mode)
     if boxes_file:
         items = with_boxes(items, load_boxes(boxes_file))
     summary = run_extraction(items, cfg, out, address=address, workers=workers, shard_size=shard_size,
                              batch_size=batch_size, progress=not no_progress, threads=threads,
-                             source_info={"dataset": dataset, "root": str(Path(root).resolve())})
+                             source_info={"dataset": dataset, "root": str(Path(root).resolve())},
+                             log=lambda message: click.echo(message, err=True))
     click.echo(json.dumps(summary.to_dict()))
     if summary.failed:
         click.echo(f"{summary.failed} image(s) could not be read: see {out}/{FAILURES_NAME}", err=True)
