@@ -120,20 +120,24 @@ def _data(task: str, features: str | None, captions: str | None, questions: tupl
 @click.command("eval")
 @_RUN
 @click.option("--split", default=None, help="test (captioning default) or val (VQA default).")
-@click.option("--beam", default=3, show_default=True, type=int, help="Beam width for captioning (1 = greedy).")
+@click.option("--beam", default=None, type=int,
+              help="Beam width for captioning (1 = greedy); default: the run's decode config.")
+@click.option("--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
+              help="VQA runs: the official evaluator's 2017 rules (challenge, papers) or master (2021 fix).")
 @device_option
 @_FEATURES
 @_CAPTIONS
 @_QUESTIONS
 @_ANNOTATIONS
-def eval_cmd(run: Path, split: str | None, beam: int, device: str, features, captions, questions,
-             annotations) -> None:
+def eval_cmd(run: Path, split: str | None, beam: int | None, vqa_eval: str, device: str, features, captions,
+             questions, annotations) -> None:
     """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
     from butd.tasks import task_module
 
     task = _task_of_run(run)
     mod = task_module(task)
-    mod.evaluate(run, split or mod.SPLIT, beam=beam, device=pick_device(device), echo=click.echo,
+    mod.evaluate(run, split or mod.SPLIT, beam=beam, vqa_eval=vqa_eval, device=pick_device(device),
+                 echo=click.echo,
                  **_data(task, features, captions, questions, annotations))
 
 
@@ -144,9 +148,9 @@ def _warn(message: str) -> None:
 @click.command("caption")
 @_RUN
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--beam", default=3, show_default=True, type=int)
+@click.option("--beam", default=None, type=int, help="Beam width (1 = greedy); default: the run's decode config.")
 @device_option
-def caption_cmd(run: Path, images: tuple[Path, ...], beam: int, device: str) -> None:
+def caption_cmd(run: Path, images: tuple[Path, ...], beam: int | None, device: str) -> None:
     """Caption new IMAGES end to end: the run's extractor, then its model. One line per image."""
     from butd.tasks import caption
 

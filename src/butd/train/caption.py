@@ -36,7 +36,9 @@ from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
-from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
+from butd.train.scheduled_sampling import ScheduledSampling
+from butd.train.schedules import ScheduleConfig, ScheduledSamplingConfig
+from butd.train.scst import ScstConfig, ScstObjective, reward_refs, tokens_to_text
 
 __all__ = ["CaptionPaths", "CaptionTrainConfig", "cider_of", "generate_captions", "load_caption_config",
            "load_caption_run", "train_caption"]
@@ -49,12 +51,15 @@ class CaptionTrainConfig:
     model_name: str = "updown"  # a key of butd.models.registry.CAPTION_MODELS
     model: dict[str, Any] = field(default_factory=dict)  # overrides of that model's config dataclass
     data: DataConfig = field(default_factory=DataConfig)
+    # defaults: self-critical.pytorch configs/updown/updown.yml + opts.py (see RECIPES.md)
     xe: LoopConfig = field(default_factory=lambda: LoopConfig(
-        epochs=30, batch_size=100, lr=5e-4, grad_clip=0.1, monitor="CIDEr-D", log_every=100))
+        epochs=30, batch_size=50, lr=5e-4, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100,
+        schedule=ScheduleConfig(name="step", unit="epochs", decay_start=0, decay_every=3, gamma=0.8)))
+    scheduled_sampling: ScheduledSamplingConfig = field(default_factory=lambda: ScheduledSamplingConfig(start=0))
     scst: LoopConfig = field(default_factory=lambda: LoopConfig(
-        epochs=0, batch_size=50, lr=5e-5, grad_clip=0.1, monitor="CIDEr-D", log_every=100))
+        epochs=0, batch_size=10, lr=5e-5, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100))
     scst_objective: ScstConfig = field(default_factory=ScstConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)  # for `eval_caption`
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # eval / caption: the run's decoding
     val_max_images: int = 0  # images used for the per-epoch validation CIDEr-D (0 = all)
     eval_batch_size: int = 100
     device: str = "auto"  # "cpu", "cuda" or "auto"
@@ -93,7 +98,7 @@ def generate_captions(model: CaptionModel, dataset: CaptionDataset | Subset, voc
     out: dict[str, str] = {}
     try:
         for batch in _loader(dataset, batch_size):
-            tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg)
+            tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg, vocab.words)
             out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
     finally:
         model.train(was_training)
@@ -164,7 +169,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
 
     torch.manual_seed(cfg.xe.seed)
     model = build_caption_model(cfg.model_name, len(vocab), store.feature_dim, cfg.model).to(device)
-    greedy = DecodeConfig(method="greedy", max_len=cfg.data.max_len)
+    greedy = DecodeConfig(method="greedy", max_len=cfg.decode.max_len)
     evaluate = None
     if val_ds is not None:
         val_refs = {im.image_id: im.refs for im in val_ds.images}
@@ -176,7 +181,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
             return {"CIDEr-D": val_scorer.score({k: preds[k] for k in val_refs}, val_refs)[0]}
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            inner = m.model if isinstance(m, ScstObjective) else m
+            inner = m.model if isinstance(m, ScstObjective | ScheduledSampling) else m
             preds = generate_captions(inner, val_mine, vocab, greedy, cfg.eval_batch_size, device)
             return ddp.gathered_metrics(list(preds.items()), _val_cider)
 
@@ -193,16 +198,19 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         summary["phases"]["xe"] = {"resumed": "finished in an earlier invocation"}
     elif cfg.xe.epochs > 0:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr)
-        state = fit(model, opt, train_ds, model.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
-                    resume=_last(out_dir / "xe") if resume else None,
+        ss = ScheduledSampling(model, cfg.scheduled_sampling)
+        state = fit(ss, opt, train_ds, ss.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
+                    callbacks=[ss], resume=_last(out_dir / "xe") if resume else None,
                     collate_fn=collate_captions, id_key="image_ids", device=device, echo=echo)
         weights = _best_into(model, out_dir / "xe" / "checkpoints")
         summary["phases"]["xe"] = {**asdict(state), "weights": weights}
     if cfg.scst.epochs > 0:
         scst_ds = CaptionDataset(train_ds.images, store, vocab, cfg.data, per_caption=False)
-        # df from the training references: computed once on rank 0, the same arrays on every rank
+        # df from the training references as the reward sees them (EOS or not): computed once on rank 0,
+        # the same arrays on every rank
+        eos = cfg.scst_objective.reward_eos
         scorer = CiderD.from_arrays(ddp.share_array_state(
-            lambda: CiderD([im.refs for im in scst_ds.images]).to_arrays()))
+            lambda: CiderD(reward_refs([im.refs for im in scst_ds.images], eos)).to_arrays()))
         objective = ScstObjective(model, scorer, vocab, cfg.scst_objective)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.scst.lr)
         state = fit(objective, opt, scst_ds, lambda out, batch: out, cfg.scst, out_dir / "scst",

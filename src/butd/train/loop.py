@@ -19,63 +19,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from butd.registry import Entry, Registry
+from butd.errors import UserError
 from butd.train import distributed as ddp
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
+from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 
-__all__ = ["SCHEDULES", "Callback", "EarlyStopping", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "fit", "lr_at"]
+CLIP_MODES = ("norm", "value")
 
-
-# --------------------------------------------------------------------------------------- LR schedules
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """LR schedule: ``name`` in SCHEDULES; steps are optimiser steps."""
-
-    name: str = "constant"
-    warmup_steps: int = 0
-    decay_start: int = 0  # warmup_step: first step of the first decay
-    decay_every: int = 0  # warmup_step: steps between decays (0 = never)
-    gamma: float = 0.25
-    min_lr: float = 0.0  # cosine floor
-
-
-def _warmup(step: int, cfg: ScheduleConfig) -> float:
-    return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-
-
-def lr_constant(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    return base * _warmup(step, cfg)
-
-
-def lr_warmup_step(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Linear warmup, then multiply by ``gamma`` every ``decay_every`` steps from ``decay_start``."""
-    decaying = cfg.decay_every > 0 and step >= cfg.decay_start
-    n = (step - cfg.decay_start) // cfg.decay_every + 1 if decaying else 0
-    return base * _warmup(step, cfg) * cfg.gamma**n
-
-
-def lr_cosine(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Linear warmup, then cosine from ``base`` to ``min_lr`` at the last step (``total`` - 1)."""
-    if step < cfg.warmup_steps:
-        return base * _warmup(step, cfg)
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - 1 - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
-
-
-# name -> Entry(config, ``(step, base_lr, cfg, total_steps) -> lr``); butd.registry style
-SCHEDULES = Registry("LR schedule", {
-    "constant": Entry(ScheduleConfig, lr_constant, "the base rate (after warmup)"),
-    "warmup_step": Entry(ScheduleConfig, lr_warmup_step,
-                         "linear warmup, then x gamma every decay_every steps from decay_start"),
-    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr")})
-
-
-def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Learning rate for optimiser step ``step`` (0-based) of ``total``."""
-    if cfg.name not in SCHEDULES:
-        raise ValueError(f"unknown LR schedule {cfg.name!r} (known: {', '.join(SCHEDULES)})")
-    return SCHEDULES[cfg.name](step, base, cfg, total)
+__all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "LoopConfig", "LoopState",
+           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "effective_batch_size", "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- loop pieces
@@ -85,8 +37,12 @@ class LoopConfig:
 
     epochs: int = 10
     batch_size: int = 512
+    # shrink the batch (never grow it) so that an epoch has at least this many steps (0 = off): the reference
+    # batch on a large set, enough updates on a small one (see effective_batch_size)
+    min_steps_per_epoch: int = 0
     lr: float = 2e-3
-    grad_clip: float = 0.25  # max global grad norm; 0 = off
+    grad_clip: float = 0.25  # max global grad norm (clip_mode "norm") or max |g| ("value"); 0 = off
+    clip_mode: str = "norm"  # norm (torch clip_grad_norm_) | value (clip_grad_value_, elementwise)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
     num_workers: int = 0
@@ -125,6 +81,9 @@ class NonFiniteLossError(RuntimeError):
 
 class Callback:
     """Hooks; ``on_epoch_end`` returning True stops training."""
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        pass
 
     def on_step(self, state: LoopState, logs: dict[str, float]) -> None:
         pass
@@ -199,6 +158,29 @@ def _batch_ids(batch: dict[str, Any], key: str) -> list[int]:
     return [int(i) for i in ids] if isinstance(ids, torch.Tensor) else list(ids or [])
 
 
+def effective_batch_size(n: int, config: LoopConfig, world_size: int = 1) -> int:
+    """The global batch: ``config.batch_size``, or less when ``n`` examples would give fewer than
+    ``min_steps_per_epoch`` steps; a reduced batch is rounded down to a multiple of ``world_size``."""
+    if config.min_steps_per_epoch <= 0 or n <= 0 or n // config.min_steps_per_epoch >= config.batch_size:
+        return config.batch_size
+    small = max(1, n // config.min_steps_per_epoch)
+    return max(world_size, small - small % world_size)
+
+
+def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
+    """Clip gradients as configured; returns the global gradient norm before clipping."""
+    if config.clip_mode not in CLIP_MODES:
+        raise UserError(f"unknown clip_mode {config.clip_mode!r}", "loop.clip_mode",
+                        f"use one of {', '.join(CLIP_MODES)}", usage=True)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if config.clip_mode == "norm" and config.grad_clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+    norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+    if config.clip_mode == "value" and config.grad_clip > 0:
+        torch.nn.utils.clip_grad_value_(params, config.grad_clip)
+    return norm
+
+
 # --------------------------------------------------------------------------------------- the loop
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
         loss_fn: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
@@ -240,10 +222,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             echo(note)
     callbacks = list(callbacks)
     sampler = ddp.ShardedEpochSampler(len(dataset), config.seed, info.rank, info.world_size)  # type: ignore
-    loader = DataLoader(dataset, batch_size=ddp.per_rank_batch(config.batch_size, info.world_size),
+    batch_size = effective_batch_size(len(dataset), config, info.world_size)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=ddp.per_rank_batch(batch_size, info.world_size),
                         sampler=sampler, num_workers=config.num_workers, collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(config.seed))
-    steps_per_epoch = math.ceil(sampler.total / config.batch_size)
+    steps_per_epoch = math.ceil(sampler.total / batch_size)
     total = steps_per_epoch * config.epochs
     logger = MetricsLogger(out_dir, echo, enabled=info.is_main)
     sign = 1.0 if config.monitor_mode == "max" else -1.0
@@ -259,11 +242,13 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     try:
         while state.epoch < config.epochs and not state.stopped:
             model.train()
-            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
+            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * batch_size)
             t0 = time.perf_counter()
+            for cb in callbacks:
+                cb.on_epoch_start(state)
             for batch in loader:
                 batch = _to_device(batch, device)
-                lr = lr_at(state.step, config.lr, config.schedule, total)
+                lr = lr_at(state.step, config.lr, config.schedule, total, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 outputs = net(batch)
@@ -274,8 +259,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), logs["loss"])
                 optimizer.zero_grad(set_to_none=True)
                 (loss * scale if scale != 1.0 else loss).backward()
-                max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                grad_norm = _clip(model, config)
                 if not math.isfinite(grad_norm):
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
                 optimizer.step()
@@ -295,7 +279,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             if state.stopped:
                 checkpoint("last.pt")
                 break
-            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": state.loss_sum / max(1, state.loss_steps),
+            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "batch_size": batch_size,
+                                          "train_loss": state.loss_sum / max(1, state.loss_steps),
                                           "epoch_seconds": time.perf_counter() - t0}
             metrics = evaluate(model) if evaluate is not None else {}
             epoch_logs.update(metrics)

@@ -24,6 +24,7 @@ from butd.datasets.vqa import (
     VQADataset,
     VQAExample,
     build_answer_set,
+    candidate_examples,
     join_store,
     load_vqa,
 )
@@ -57,7 +58,10 @@ class VQATrainConfig:
     model_name: str = "vqa"  # a VQA model of butd.models.registry.MODELS
     model: UpDownVQAConfig = field(default_factory=UpDownVQAConfig)
     data: VQADataConfig = field(default_factory=VQADataConfig)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=13, batch_size=512, lr=2e-3))
+    # bottom-up-attention-vqa (main.py, train.py): 30 epochs, batch 512, Adamax at its default 2e-3, constant,
+    # global-norm clip 0.25; butd: an epoch has >= 50 steps (smaller batches on small sets, see RECIPES.md)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        epochs=30, batch_size=512, min_steps_per_epoch=50, lr=2e-3, grad_clip=0.25, clip_mode="norm"))
     optimizer: str = "adamax"
     weight_decay: float = 0.0
     eval_batch_size: int = 512
@@ -108,11 +112,10 @@ def prepare_data(
     if val:
         val, reports["val"] = join_store(val, store, cfg.data.skip_missing)
     vocab = vocab or Vocab.build(train)
-    labelled_val = [ex for ex in val if ex.answers]
     answers = (
         list(answers)
         if answers is not None
-        else build_answer_set(train + labelled_val, cfg.data.min_answer_count)
+        else build_answer_set(candidate_examples(train, val, cfg.data.answers_from), cfg.data.min_answer_count)
     )
     train_ds = VQADataset(train, store, vocab, answers, cfg.data)
     val_ds = VQADataset(val, store, vocab, answers, cfg.data) if val else None
@@ -299,9 +302,10 @@ def split_files(run: str | Path, info: dict[str, Any], split: str,
 def eval_run(
     run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print, *,
     features: str | None = None, questions: Sequence[str] | None = None,
-    annotations: Sequence[str] | None = None, device: str | torch.device = "cpu",
+    annotations: Sequence[str] | None = None, device: str | torch.device = "cpu", version: str = "2017",
 ) -> dict[str, Any]:
-    """Evaluate a run on its ``split`` ("val" or "train").
+    """Evaluate a run on its ``split`` ("val" or "train") with the official evaluator ``version``
+    ("2017" or "master", see butd.evaluate.vqa_accuracy).
 
     Writes eval_<split>.json and results_<split>.json (official results format)."""
     run = Path(run)
@@ -316,11 +320,12 @@ def eval_run(
     anns = _annotations(examples)
     result: dict[str, Any] = {"split": split, "data": report}
     if anns:
-        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns]))
+        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns], version=version))
     _write_json(run / f"eval_{split}.json", result)
     _write_json(run / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in preds.items()])
     if echo is not None and anns:
-        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions")
+        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions "
+             f"(official evaluator, {version} rules)")
         for k, v in sorted(result["per_answer_type"].items()):
             echo(f"  {k:8s} {v:.2f}")
     return result
