@@ -332,18 +332,16 @@ def _d2_forward(model, rgb):
 @torch.inference_mode()
 def d2_reference(model, rgb, policy="caffe"):
     """py-bottom-up-attention's pipeline with detectron2's own modules."""
-    from detectron2.modeling.postprocessing import detector_postprocess
-    from detectron2.structures import Instances
-
     h, w = rgb.shape[:2]
     (ih, iw), props, pooled, logits, deltas = _d2_forward(model, rgb)
     bp = model.roi_heads.box_predictor
     probs = torch.softmax(logits, 1)[:, :-1]
 
-    def to_orig(b):
-        inst = Instances((ih, iw))
-        inst.pred_boxes = Boxes(b.clone())
-        return detector_postprocess(inst, h, w).pred_boxes.tensor
+    def to_orig(b):  # detector_postprocess without its final drop of empty boxes: the maxnms script
+        bb = Boxes(b.clone())  # selects features before that drop, so boxes and features go out of step
+        bb.scale(w / iw, h / ih)  # on images where a regressed box is clipped empty; butd keeps them aligned
+        bb.clip((h, w))
+        return bb.tensor
 
     if policy == "caffe":
         boxes_orig = to_orig(props[0].proposal_boxes.tensor)
