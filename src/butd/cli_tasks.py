@@ -161,7 +161,9 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
     import torch
     from PIL import Image
 
-    from butd.evaluate.report import render_attention
+    from butd.evaluate.attention_viz import answer_figure
+    from butd.evaluate.region_names import box_labels, find_names
+    from butd.shards import read_manifest
     from butd.train.vqa import load_run
 
     if _run_info(run)["task"] != "vqa":
@@ -182,7 +184,9 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
     with Image.open(image) as im:
         rgb = im.convert("RGB")
     grid = (int(rec["grid_h"]), int(rec["grid_w"])) if "grid_h" in rec else None
-    render_attention(rgb, np.asarray(res["attention"]), boxes=rec.get("boxes"), grid=grid).save(png)
+    names = find_names(info["paths"]["features"], read_manifest(info["paths"]["features"]))
+    answer_figure(rgb, question, res["answers"], res["scores"], np.asarray(res["attention"]), boxes=rec.get("boxes"),
+                  grid=grid, box_labels=box_labels(rec, names) if grid is None else ()).save(png)
     click.echo(f"attention over {'the grid' if grid else 'the boxes'} written to {png}")
 
 
@@ -195,7 +199,7 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
 @click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Where the images are (default: the store's source root).")
 def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None) -> None:
-    """Write a self-contained HTML page: images, text, and the attention of every word (plus PNGs)."""
+    """Write a self-contained HTML page: images, text, and the attention of every word or question."""
     from butd.evaluate.report import write_report
     from butd.report_items import caption_items, vqa_items
 
@@ -207,4 +211,5 @@ def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_ro
     except (ValueError, OSError, KeyError) as exc:
         raise _fail(exc) from None
     write_report(items, out, title=f"butd {info['task']} report: {run.name}, {split} split")
-    click.echo(f"wrote {out} ({len(items)} images) and {out.with_name(out.stem + '_png')}/")
+    unit = "questions" if info["task"] == "vqa" else "images"
+    click.echo(f"wrote {out} ({len(items)} {unit}, pictures embedded)")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from butd.evaluate.region_names import box_labels, find_names
 from butd.evaluate.report import ReportItem
 from butd.shards import FeatureStore, read_manifest
 
@@ -36,11 +37,12 @@ def _roots(features: str, data_file: str, images_root: Path | None) -> list[Path
     return [Path(c) for c in cands if c]
 
 
-def _geometry(rec: dict, k: int) -> dict:
-    """How to draw attention over the first `k` rows of a record: its grid, or its first `k` boxes."""
+def _geometry(rec: dict, k: int, names=None) -> dict:
+    """How to draw attention over the first `k` rows of a record: its grid, or its first `k` boxes
+    with the detector's name of each (`names` from `find_names`; ids when there are none)."""
     if "grid_h" in rec:
         return {"grid": (int(rec["grid_h"]), int(rec["grid_w"]))}
-    return {"boxes": np.array(rec["boxes"][:k])}
+    return {"boxes": np.array(rec["boxes"][:k]), "box_labels": box_labels(rec, names, k)}
 
 
 def caption_items(run: Path, split: str, n: int, images_root: Path | None) -> list[ReportItem]:
@@ -61,6 +63,7 @@ def caption_items(run: Path, split: str, n: int, images_root: Path | None) -> li
         out = greedy_decode(model, batch["feats"], batch["mask"], cfg.data.max_len)
     texts = tokens_to_text(out["tokens"], vocab)
     index = _image_index(_roots(info["features"], info["captions"], images_root))
+    names = find_names(info["features"], read_manifest(info["features"]))
     items = []
     for b, im in enumerate(ds.images):
         path = index.get(im.image_id)
@@ -70,7 +73,7 @@ def caption_items(run: Path, split: str, n: int, images_root: Path | None) -> li
         k = int(batch["mask"][b].sum())
         frames = tuple((w, out["attn"][b, t, :k].numpy()) for t, w in enumerate(words))
         lines = (("caption", texts[b]), *(("reference", r) for r in im.raw[:3]))
-        items.append(ReportItem(im.image_id, path, lines, frames, **_geometry(store[im.image_id], k)))
+        items.append(ReportItem(im.image_id, path, lines, frames, **_geometry(store[im.image_id], k, names)))
     return items
 
 
@@ -86,18 +89,20 @@ def vqa_items(run: Path, split: str, n: int, images_root: Path | None) -> list[R
     examples = examples[:n]
     ds = VQADataset(examples, store, vocab, answers, cfg.data)
     batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("tokens", "features", "mask")}
-    results = model.answer(batch, answers, k=1)
+    results = model.answer(batch, answers, k=5)
     first = questions[0] if isinstance(questions, list) else questions
     index = _image_index(_roots(info["paths"]["features"], first, images_root))
+    names = find_names(info["paths"]["features"], read_manifest(info["paths"]["features"]))
     items = []
     for ex, res in zip(examples, results):
         path = index.get(str(ex.image_id))
         if path is None:
             raise ValueError(f"image {ex.image_id} not found; pass --images-root")
         rec = store[str(ex.image_id)]
-        lines = (("question", ex.question), ("answer", f"{res['answers'][0]} ({res['scores'][0]:.2f})"),
-                 ("ground truth", ex.mc_answer or "—"))
         weights = np.asarray(res["attention"])
-        items.append(ReportItem(f"q{ex.question_id}", path, lines, (("answer", weights),),
-                                **_geometry(rec, len(weights))))
+        title = f"Q: {ex.question}\nA: {res['answers'][0]} ({res['scores'][0]:.2f})"
+        items.append(ReportItem(f"q{ex.question_id}", path, (("question", ex.question), ("image", str(ex.image_id))),
+                                ((title, weights),), answers=tuple(zip(res["answers"], res["scores"])),
+                                truth=tuple(ex.answers), answer_type=ex.answer_type,
+                                **_geometry(rec, len(weights), names)))
     return items
