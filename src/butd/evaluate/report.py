@@ -58,7 +58,7 @@ class ReportConfig:
     max_side: int = 320  # the plain image
     frame_side: int = 224  # each attention picture (SAT's input size)
     image_format: str = "webp"  # webp | jpeg | png (see the module docstring for sizes)
-    quality: int = 80  # jpeg / webp
+    quality: int = 75  # jpeg / webp
     embed: bool = True  # True: one self-contained page; False: pictures in <stem>_files/, referenced
     viz: VizConfig = VizConfig()
 
