@@ -51,11 +51,10 @@ def test_heat_map_is_hottest_inside_the_highest_weight_box():
     w = np.array([0.6, 0.1, 0.3])
     fig = attention_figure(_gray(), w, boxes=BOXES, cfg=VizConfig(top_k=0))  # no outlines over the test pixels
     pic = np.asarray(fig)[:200]  # the image part; the colour bar follows
-    heat = _decode_heat(pic)
-    inside = heat[60:140, 40:120]
+    inside = _decode_heat(pic[60:140:3, 40:120:3])
     assert inside.min() > 0.95  # the top box is at the hot end of the scale
-    assert heat[150:200, 150:200].max() < 0.05  # only the whole-image box: the cold end
-    assert 0.05 < heat[30, 250] < inside.min()  # the small box: in between
+    assert _decode_heat(pic[150:200:3, 150:200:3]).max() < 0.05  # only the whole-image box: the cold end
+    assert 0.05 < _decode_heat(pic[30:31, 250:251]).item() < inside.min()  # the small box: in between
     top = pic[100, 80].astype(int)
     assert top[0] > top[2] + 60  # hot is red in turbo, cold is blue
     cold = pic[190, 190].astype(int)
@@ -71,8 +70,8 @@ def test_grid_attention_is_upsampled_smoothly_and_peaks_at_the_attended_cell():
     assert field.min() >= 0.0 and field.max() <= 1.0  # the bicubic overshoot is clipped
     steps = np.abs(np.diff(field, axis=1)).max()
     assert steps < 0.25  # smooth: a nearest-neighbour upsampling would jump by the full range (1.0)
-    heat = _decode_heat(np.asarray(colorize(_gray(140, 140), field)[0]))
-    assert heat[50, 110] > 0.95 and heat[130, 10] < 0.05
+    hot, cold = _decode_heat(np.asarray(colorize(_gray(140, 140), field)[0])[[50, 130], [110, 10]])
+    assert hot > 0.95 and cold < 0.05
     with pytest.raises(ValueError, match="7x7 grid"):
         heat_field(np.ones(48), (140, 140), grid=(7, 7))
 
@@ -122,6 +121,13 @@ def test_answer_figure_prints_question_answer_and_scores():
     assert (text.min(axis=2) < 100).sum() > 50
     grid = answer_figure(img, "what?", ["dog"], [0.5], np.arange(196.0), grid=(14, 14))
     assert grid.width == 640
+    small = answer_figure(_gray(150, 100), "what?", ["dog"], [0.5], w, boxes=BOXES / 2)
+    assert small.width == 480  # enlarged so the text has room
+    arr = np.asarray(answer_figure(_gray(150, 100), "what?", ["dog"], [0.5], w, boxes=BOXES / 2,
+                                   cfg=VizConfig(top_k=0)))
+    top = int(np.argmax((arr[:, 240] != 255).any(axis=1)))  # first row below the white title band
+    hot, cold = _decode_heat(arr[[top + 160, top + 300], [128, 400]])
+    assert hot > 0.95 and cold < 0.05  # the boxes follow the enlargement (x3.2)
 
 
 def test_font_ships_with_matplotlib():

@@ -210,20 +210,23 @@ def attention_figure(img: Image.Image, weights: np.ndarray, *, title: Sequence[t
     return _stack(parts)
 
 
-def fit(img: Image.Image, max_side: int) -> tuple[Image.Image, float]:
-    """`img` as RGB, shrunk so its long side is at most `max_side`; returns it and the scale used."""
-    scale = min(1.0, max_side / max(img.size))
-    if scale < 1.0:
+def fit(img: Image.Image, max_side: int, min_side: int = 0) -> tuple[Image.Image, float]:
+    """`img` as RGB with its long side brought within [min_side, max_side]; returns it and the scale."""
+    long = max(img.size)
+    scale = min(max_side, max(long, min_side)) / long
+    if scale != 1.0:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
     return img.convert("RGB"), scale
 
 
 def answer_figure(img: Image.Image, question: str, answers: Sequence[str], scores: Sequence[float],
                   weights: np.ndarray, *, boxes: np.ndarray | None = None, grid: tuple[int, int] | None = None,
-                  box_labels: Sequence[str] = (), max_side: int = 640, cfg: VizConfig = VizConfig()) -> Image.Image:
+                  box_labels: Sequence[str] = (), max_side: int = 640, min_side: int = 480,
+                  cfg: VizConfig = VizConfig()) -> Image.Image:
     """The picture `butd answer` writes: question, best answer with its score, the runners-up, the heat
-    map with the top-k boxes, colour bar and a legend of the boxes."""
-    pic, scale = fit(ImageOps.exif_transpose(img), max_side)  # boxes are in EXIF-oriented pixels
+    map with the top-k boxes, colour bar and a legend of the boxes. Small images are enlarged to
+    `min_side` so the text has room."""
+    pic, scale = fit(ImageOps.exif_transpose(img), max_side, min_side)  # boxes are in EXIF-oriented pixels
     cfg = replace(cfg, font_px=max(cfg.font_px, 13), title_px=max(cfg.title_px, 17))
     title = [(f"Q: {question}", False), (f"A: {answers[0]} ({scores[0]:.2f})", True)] if answers else \
         [(f"Q: {question}", False)]
