@@ -145,9 +145,6 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
 
     Needs only the run directory: run.json records the extractor the run's features came from.
     """
-    from PIL import Image
-
-    from butd.evaluate.report import render_attention
     from butd.tasks import vqa
 
     if _task_of_run(run) != "vqa":
@@ -157,9 +154,7 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
     for a, s in zip(res["answers"], res["scores"]):
         click.echo(f"{s:6.3f}  {a}")
     png = png or Path(f"{image.stem}_attention.png")
-    with Image.open(image) as im:
-        rgb = im.convert("RGB")
-    render_attention(rgb, res["attention"], boxes=res.get("boxes"), grid=res.get("grid")).save(png)
+    vqa.answer_picture(image, question, res).save(png)
     click.echo(f"attention over {'the grid' if res.get('grid') else 'the boxes'} written to {png}")
 
 
@@ -177,7 +172,7 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
 @_ANNOTATIONS
 def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None, features,
                captions, questions, annotations) -> None:
-    """Write a self-contained HTML page: images, text, and the attention of every word (plus PNGs)."""
+    """Write a self-contained HTML page: images, text, and the attention of every word or question."""
     from butd.evaluate.report import write_report
     from butd.tasks import task_module
 
@@ -187,4 +182,5 @@ def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_ro
     items = mod.report_items(run, split, n_images, images_root,
                              **_data(task, features, captions, questions, annotations))
     write_report(items, out, title=f"butd {task} report: {run.name}, {split} split")
-    click.echo(f"wrote {out} ({len(items)} images) and {out.with_name(out.stem + '_png')}/")
+    unit = "questions" if task == "vqa" else "images"
+    click.echo(f"wrote {out} ({len(items)} {unit}, pictures embedded)")

@@ -11,9 +11,9 @@ import torch
 
 from butd.datasets.vqa import featurize as _featurize
 from butd.errors import UserError
-from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor
+from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
 
-__all__ = ["evaluate", "featurize", "load_run", "predict", "report_items", "train"]
+__all__ = ["answer_picture", "evaluate", "featurize", "load_run", "predict", "report_items", "train"]
 
 SPLIT = "val"  # the split `butd eval` / `butd report` use by default
 
@@ -90,13 +90,36 @@ def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device
         res = model.answer({k: v.to(device) for k, v in batch.items()}, answers, k=top)[0]
     k = int(batch["mask"].sum())
     return {"answers": res["answers"], "scores": res["scores"], "attention": np.asarray(res["attention"])[:k],
-            "record": rec, **geometry(rec, k)}
+            "record": rec, **geometry(rec, k, store_names(_store_if_present(run, info)))}
+
+
+def _store_if_present(run: str | Path, info: dict[str, Any]) -> str | None:
+    """The run's store, if it is still where run.json says (only for box names; `answer` needs no data)."""
+    from butd.train.run_format import resolve_data
+
+    try:
+        return resolve_data(run, info, "features")
+    except UserError:
+        return None
+
+
+def answer_picture(image: Path, question: str, result: dict[str, Any]):
+    """The picture `butd answer` writes: question, answers, heat map, labelled top boxes, colour bar."""
+    from PIL import Image
+
+    from butd.evaluate.attention_viz import answer_figure
+
+    with Image.open(image) as im:  # answer_figure applies the EXIF orientation, as the extractor did
+        return answer_figure(im, question, result["answers"], result["scores"], result["attention"],
+                             boxes=result.get("boxes"), grid=result.get("grid"),
+                             box_labels=result.get("box_labels", ()))
 
 
 def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
                  features: str | None = None, questions: Sequence[str] | None = None,
                  annotations: Sequence[str] | None = None, **_: Any) -> list:
-    """The first `n` questions of `split`: question, answer, ground truth and attended regions."""
+    """The first `n` questions of `split`: question, top-5 answers with scores, the human answers, the
+    answer type and the attended regions (named by the detector's classes when the store has names)."""
     from butd.datasets.vqa import VQADataset, join_store, load_vqa
     from butd.evaluate.report import ReportItem
     from butd.shards import FeatureStore
@@ -111,9 +134,10 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
     examples = examples[:n]
     ds = VQADataset(examples, store, vocab, answers, cfg.data)
     batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("tokens", "features", "mask")}
-    results = model.answer(batch, answers, k=1)
+    results = model.answer(batch, answers, k=5)
     first = qs[0] if isinstance(qs, list) else qs
     index = image_index(image_roots(store_path, first, images_root))
+    names = store_names(store_path)
     items = []
     for ex, res in zip(examples, results):
         path = index.get(str(ex.image_id))
@@ -121,9 +145,10 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
             raise UserError(f"image {ex.image_id} not found", images_root or store_path,
                             "pass --images-root DIR", usage=True)
         rec = store[str(ex.image_id)]
-        lines = (("question", ex.question), ("answer", f"{res['answers'][0]} ({res['scores'][0]:.2f})"),
-                 ("ground truth", ex.mc_answer or "—"))
         weights = np.asarray(res["attention"])
-        items.append(ReportItem(f"q{ex.question_id}", path, lines, (("answer", weights),),
-                                **geometry(rec, len(weights))))
+        title = f"Q: {ex.question}\nA: {res['answers'][0]} ({res['scores'][0]:.2f})"
+        items.append(ReportItem(f"q{ex.question_id}", path, (("question", ex.question), ("image", str(ex.image_id))),
+                                ((title, weights),), answers=tuple(zip(res["answers"], res["scores"])),
+                                truth=tuple(ex.answers), answer_type=ex.answer_type,
+                                **geometry(rec, len(weights), names)))
     return items
