@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--skip-missing", is_flag=True, help="Drop images absent from the store instead of failing.")
 @device_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT exactly where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace the butd run already in OUT (default: refuse).")
 @click.option("--captions", type=_file(), help="[caption] Karpathy split JSON.")
 @click.option("--scst-epochs", type=int, help="[caption] SCST epochs after cross-entropy.")
 @click.option("--questions", type=_file(), multiple=True, help="[vqa] VQA v2 questions JSON (repeatable).")
@@ -42,11 +45,13 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--val-annotations", type=_file(), multiple=True, help="[vqa] validation annotations JSON.")
 @click.option("--glove", type=_file(), help="[vqa] GloVe text file (300-d) for the word embeddings.")
 @click.option("--min-answer-count", type=int, help="[vqa] answer candidates: seen in at least N questions (9).")
-def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, device: str,
-              **options: Any) -> None:
+def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
+              device: str, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
     from butd.models.registry import task_of
     from butd.tasks import task_module
+    from butd.tasks.guard import check_out, random_weights_warning, resume_point
+    from butd.train.progress import TrainingInterrupted
 
     task = task_of(model)
     for key, owner in _TASK_OPTIONS.items():
@@ -57,8 +62,23 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
         if not options.get(key):
             raise UserError(f"--{key} is required to train a {task} model", f"--model {model}",
                             f"pass --{key} FILE", usage=True)
+    check_out(out, resume=resume, overwrite=overwrite)
+    if resume:
+        click.echo(resume_point(out, model, features), err=True)
+    warning = random_weights_warning(features)
+    if warning:
+        click.echo(warning, err=True)
     options = {**options, "features": features, "device": pick_device(device)}
-    summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
+    created = not Path(out).exists()
+    try:
+        summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
+    except TrainingInterrupted as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(130)
+    except Exception:
+        if created and not any((Path(out) / m).exists() for m in ("checkpoints", "xe", "scst")):
+            shutil.rmtree(out, ignore_errors=True)  # a start refused by the data leaves no directory behind
+        raise
     score = summary.get("val_cider_d") if task == "caption" else summary.get("best")
     done = [f"model {model}", *([f"{summary['epochs']} epochs"] if "epochs" in summary else []),
             *([f"best validation score {score:.3f}"] if score is not None else [])]
@@ -128,8 +148,12 @@ def caption_cmd(run: Path, images: tuple[Path, ...], beam: int, device: str) -> 
     if _task_of_run(run) != "caption":
         raise UserError("this is a VQA run; `butd caption` needs a captioning run", run,
                         "pass a run trained with a caption model", usage=True)
-    for path, text in caption.predict(run, list(images), beam=beam, device=pick_device(device), warn=_warn):
+    done = caption.predict(run, list(images), beam=beam, device=pick_device(device), warn=_warn)
+    for path, text in done:
         click.echo(f"{path}\t{text}")
+    if not done:
+        raise UserError(f"none of the {len(images)} image(s) could be read", images[0],
+                        "pass JPEG or PNG files (the reasons are above)")
 
 
 @click.command("answer")
@@ -150,7 +174,7 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
     if _task_of_run(run) != "vqa":
         raise UserError("this is a captioning run; `butd answer` needs a VQA run", run,
                         "pass a run trained with --model vqa", usage=True)
-    res = vqa.predict(run, image, question, top=top, device=pick_device(device))
+    res = vqa.predict(run, image, question, top=top, device=pick_device(device), warn=_warn)
     for a, s in zip(res["answers"], res["scores"]):
         click.echo(f"{s:6.3f}  {a}")
     png = png or Path(f"{image.stem}_attention.png")

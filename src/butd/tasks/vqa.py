@@ -13,7 +13,7 @@ from butd.datasets.vqa import featurize as _featurize
 from butd.errors import UserError
 from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
 
-__all__ = ["answer_picture", "evaluate", "featurize", "load_run", "predict", "report_items", "train"]
+__all__ = ["answer_picture", "check_question", "evaluate", "featurize", "load_run", "predict", "report_items", "train"]
 
 SPLIT = "val"  # the split `butd eval` / `butd report` use by default
 
@@ -75,9 +75,30 @@ def evaluate(run: str | Path, split: str = SPLIT, *, device: str = "cpu", featur
                     device=device)
 
 
-def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device: str = "cpu") -> dict[str, Any]:
+def check_question(question: str, vocab: Any, max_len: int, warn: Callable[[str], None] | None = None) -> None:
+    """An empty question, or one with no word the model knows, is refused; unknown words are warned about
+    (the model reads each as the unknown word), and so are words past the model's question length."""
+    from butd.datasets.vqa import tokenize_question
+
+    tokens = tokenize_question(question)
+    if not tokens:
+        raise UserError("the question has no words", repr(question), "ask a question, e.g. \"what color is the bus?\"",
+                        usage=True)
+    unknown = sorted({t for t in tokens[:max_len] if t not in vocab.index})
+    if len(unknown) == len(set(tokens[:max_len])):
+        raise UserError("none of the question's words is in the run's vocabulary", repr(question),
+                        "ask with words from the training questions (RUN/vocab.json)", usage=True)
+    if warn is not None and unknown:
+        warn(f"warning: the model never saw {', '.join(repr(w) for w in unknown)}: read as unknown words")
+    if warn is not None and len(tokens) > max_len:
+        warn(f"warning: only the first {max_len} words are read: {' '.join(tokens[max_len:])!r} is ignored")
+
+
+def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device: str = "cpu",
+            warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Answer ``question`` about a new ``image``: top answers, scores, attention and the record's geometry."""
     model, cfg, vocab, answers, info = load_run(run, device)
+    check_question(question, vocab, cfg.data.max_question_len, warn)
     found = extract_images([Path(image)], run_extractor(info), device)
     if not found:
         raise UserError("the image could not be read", image, "pass a JPEG or PNG file")

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from butd.registry import Entry, Registry
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
+from butd.train.progress import Progress, TrainingInterrupted
 
 __all__ = ["SCHEDULES", "Callback", "EarlyStopping", "EpochSampler", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "fit", "lr_at"]
+           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "TrainingInterrupted", "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- LR schedules
@@ -250,18 +251,28 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                         generator=torch.Generator().manual_seed(config.seed))
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)  # type: ignore[arg-type]
     total = steps_per_epoch * config.epochs
-    logger = MetricsLogger(out_dir, echo)
+    progress = Progress(echo)
+    progress.banner(examples=len(dataset), batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,  # type: ignore[arg-type]
+                    epochs=config.epochs, device=device, parameters=sum(p.numel() for p in model.parameters()),
+                    epoch=state.epoch, step=state.step, name=out_dir.name)
+    logger = MetricsLogger(out_dir, progress.write if echo is not None else None)
     sign = 1.0 if config.monitor_mode == "max" else -1.0
+    saved = (state.epoch, state.step, resume is not None)  # where last.pt is (the resume point)
+    updating = False  # between optimizer.step() and the state update: the model is ahead of `state`
 
     def checkpoint(name: str) -> None:
+        nonlocal saved
         save_checkpoint(ckpt_dir / name, model, optimizer, step=state.step, epoch=state.epoch,
                         meta={**(meta or {}), "loop": dataclasses.asdict(state)})
+        if name == "last.pt":
+            saved = (state.epoch, state.step, True)
 
     try:
         while state.epoch < config.epochs and not state.stopped:
             model.train()
             sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
             t0, running, seen = time.perf_counter(), 0.0, 0
+            progress.start_epoch(state.epoch, state.batch_in_epoch)
             for batch in loader:
                 batch = _to_device(batch, device)
                 lr = lr_at(state.step, config.lr, config.schedule, total)
@@ -278,10 +289,13 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
                 if not math.isfinite(grad_norm):
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
+                updating = True
                 optimizer.step()
                 state.step += 1
                 state.batch_in_epoch += 1
+                updating = False
                 running, seen = running + float(loss.detach()), seen + 1
+                progress.step(float(loss.detach()))
                 logs = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in losses.items()}
                 logs |= {"lr": lr, "grad_norm": grad_norm}
                 for cb in callbacks:
@@ -296,6 +310,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             if state.stopped:
                 checkpoint("last.pt")
                 break
+            progress.end_epoch(state.epoch, state.batch_in_epoch, running / max(1, seen))
             epoch_logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": running / max(1, seen),
                                           "epoch_seconds": time.perf_counter() - t0}
             metrics = evaluate(model) if evaluate is not None else {}
@@ -319,6 +334,12 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     except NonFiniteLossError as err:
         logger.log("error", err.step, {"error": "non_finite", "value": err.value, "batch_ids": err.batch_ids})
         raise
+    except KeyboardInterrupt:  # Ctrl-C: keep the work done so far (unless it came mid-update) for --resume
+        progress.close()
+        if not updating:
+            checkpoint("last.pt")
+        raise TrainingInterrupted(*saved) from None
     finally:
+        progress.close()
         logger.close()
     return state

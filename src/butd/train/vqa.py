@@ -273,9 +273,14 @@ def split_files(run: str | Path, info: dict[str, Any], split: str,
 
     ``questions`` / ``annotations`` (the ``--questions`` / ``--annotations`` options) replace the recorded ones.
     """
+    from butd.errors import UserError
+
+    if split not in ("train", "val"):
+        raise UserError("a VQA run has the splits train and val", f"--split {split}",
+                        "pass --split val (or train), or --questions/--annotations of another split with "
+                        "--split val", usage=True)
     q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
     if not questions and not info["data"].get(q_key):
-        from butd.errors import UserError
 
         raise UserError(f"the run has no {split} questions", run,
                         "train it with --val-questions, or pass --questions", usage=True)
