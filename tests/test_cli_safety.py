@@ -339,3 +339,19 @@ def test_ctrl_c_says_where_training_stopped_and_resume_continues_there(world, tm
     code, lines, _ = butd("train", "--model", "vqa", "--features", world["oracle"], "--out", run, "--resume",
                           "--epochs", "1", "--config", cfg, *_vqa_files(world["toy"]))
     assert f"resuming {run} at {point}" in lines, lines
+
+
+def test_eval_and_report_bars_on_a_terminal_only():
+    import io
+
+    from butd.train.progress import terminal_bar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream, plain = Tty(), io.StringIO()
+    assert list(terminal_bar(iter(range(3)), "captioning", total=3, stream=stream)) == [0, 1, 2]
+    assert "captioning" in stream.getvalue() and "3/3" in stream.getvalue()
+    items = [1, 2]
+    assert terminal_bar(items, "answering", stream=plain) is items and plain.getvalue() == ""

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from butd.cli import LazyGroup
-from butd.cli.options import RegistryChoice, device_option
+from butd.cli.options import RegistryChoice, device_option, pick_device
 from butd.errors import UserError
 
 __all__ = ["extract_cmd", "weights"]
@@ -73,13 +73,10 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
         given["device"] = None  # the config file's or the extractor's default (auto)
     cfg = extractor_config(extractor, read_yaml(config_file) if config_file else None,
                            **{k: v for k, v in given.items() if v is not None})
-    if address is None and str(cfg.device).startswith("cuda"):
-        from butd.tasks.common import resolve_device
-
-        resolve_device(cfg.device)  # a local run asking for a GPU that is not there stops here
+    if address is None:  # a local run: the device is this machine's (a GPU asked for but absent stops here)
+        pick_device(cfg.device)
     check_weights(extractor, cfg.weights)
-    click.echo(f"extractor {extractor}, mode {cfg.mode}, device {cfg.device}, weights {cfg.weights or 'shipped'}",
-               err=True)
+    click.echo(f"extractor {extractor}, mode {cfg.mode}, weights {cfg.weights or 'shipped'}", err=True)
     items = iter_source(dataset, root, mode=cfg.mode)
     if boxes_file:
         items = with_boxes(items, load_boxes(boxes_file))

@@ -16,7 +16,9 @@ import io
 import os
 import re
 import shutil
+import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +188,15 @@ def _card(n: int, item: ReportItem, cfg: ReportConfig, files: Path) -> str:
             f"<div class=\"figs\">{''.join(parts)}</div></section>")
 
 
+def _bar(items: list[ReportItem]) -> Iterable[ReportItem]:
+    """The items under a progress bar when stderr is a terminal (pictures take a while)."""
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="report", unit="item", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
 def write_report(items: list[ReportItem], out: str | Path, *, title: str = "butd report",
                  cfg: ReportConfig = ReportConfig()) -> Path:
     """Write the page `out`; with `cfg.embed=False` also `<stem>_files/` holding the pictures it links.
@@ -201,7 +212,7 @@ def write_report(items: list[ReportItem], out: str | Path, *, title: str = "butd
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
     try:
-        cards = [_card(n, item, cfg, tmp_dir) for n, item in enumerate(items)]
+        cards = [_card(n, item, cfg, tmp_dir) for n, item in enumerate(_bar(items))]
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

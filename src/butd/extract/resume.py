@@ -89,7 +89,8 @@ def differing_settings(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two settings dicts (``extractor.config.image_size``, ...)."""
     a, b = _flat(_plain(have)), _flat(_plain(want))
     missing = object()
-    return sorted(k for k in {*a, *b} if k not in _WHERE_IT_RUNS and a.get(k, missing) != b.get(k, missing))
+    diff = {k for k in {*a, *b} if k not in _WHERE_IT_RUNS and a.get(k, missing) != b.get(k, missing)}
+    return sorted(k for k in diff if not any(k.startswith(d + ".") for d in diff))  # a missing block: once
 
 
 def _refuse_other_settings(out: Path, diff: list[str], finished: bool) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import deque
@@ -258,7 +259,12 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
     cfg = dataclasses.replace(cfg, device=device)  # builders see the resolved device, never "auto"
     actor_cls = ray.remote(**resources)(ModelWorker)
     actors = [actor_cls.remote(cfg.name, asdict(cfg), device, threads) for _ in range(n)]
-    info = ray.get([a.info.remote() for a in actors])[0]
+    try:
+        info = ray.get([a.info.remote() for a in actors])[0]
+    except ray.exceptions.RayError as e:  # the model did not build: its own error in one line, not Ray's 100
+        causes = [ln.strip() for ln in str(e).splitlines() if re.match(r"^\s*[\w.]*(Error|Exception): ", ln)]
+        raise UserError(f"the {cfg.name} extractor could not start ({(causes or [type(e).__name__])[-1][:200]})",
+                        f"--weights {cfg.weights}", "check --weights and --device", usage=True) from None
     prep = info["preprocessor"] or BuiltPreprocess(cfg.name, asdict(cfg))
     decode = ray.remote(num_cpus=decode_cpus)(decode_batch)
     ray.get(decode.remote([], prep))  # warm a decode worker process before timing

@@ -34,6 +34,7 @@ from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.progress import terminal_bar
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
 from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
 
@@ -91,7 +92,7 @@ def generate_captions(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab
     model.eval()
     out: dict[str, str] = {}
     try:
-        for batch in _loader(dataset, batch_size):
+        for batch in terminal_bar(_loader(dataset, batch_size), "captioning"):
             tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg)
             out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
     finally:

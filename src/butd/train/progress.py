@@ -12,7 +12,19 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["Progress", "TrainingInterrupted", "where"]
+__all__ = ["Progress", "TrainingInterrupted", "terminal_bar", "where"]
+
+
+def terminal_bar(iterable: Any, desc: str, unit: str = "batch", total: int | None = None,
+                 stream: TextIO | None = None) -> Any:
+    """``iterable`` under a tqdm bar on ``stream`` (stderr) when it is a terminal: evaluation, reports.
+    Elsewhere (logs, pipes, tests) the iterable itself is returned."""
+    stream = stream if stream is not None else sys.stderr
+    if not getattr(stream, "isatty", lambda: False)():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit=unit, total=total, leave=False, file=stream, dynamic_ncols=True)
 
 
 def where(epoch: int, step: int) -> str:

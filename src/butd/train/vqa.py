@@ -33,6 +33,7 @@ from butd.models.updown_vqa import UpDownVQAConfig, load_glove, vqa_loss
 from butd.shards import FeatureStore
 from butd.train.checkpoint import load_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.progress import terminal_bar
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
 
 __all__ = [
@@ -136,7 +137,7 @@ def predict(
     was_training = model.training
     model.eval()
     out: dict[int, str] = {}
-    for batch in _loader(dataset, batch_size):
+    for batch in terminal_bar(_loader(dataset, batch_size), "answering"):
         batch = {k: v.to(device) for k, v in batch.items()}
         best = model(batch)["logits"].argmax(dim=1).tolist()
         for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
