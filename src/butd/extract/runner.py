@@ -165,7 +165,7 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
                    address: str | None = None, workers: int | None = None, shard_size: int = 1000,
                    batch_size: int = 8, progress: bool = True, source_info: dict[str, Any] | None = None,
                    max_in_flight: int | None = None, decode_cpus: float = 1.0, threads: int | None = None,
-                   verbose: bool = True) -> Summary:
+                   verbose: bool = False) -> Summary:
     """Extract features for every item of ``source`` into the store at ``out`` (resumable, kill-safe).
 
     ``address``: join that Ray cluster; default starts a private local Ray on 127.0.0.1.
