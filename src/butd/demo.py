@@ -108,7 +108,7 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
     lines = step(f"caption {runs / 'sat-soft'} " + " ".join(str(p) for p in photos), caption.predict,
                  runs / "sat-soft", photos, beam=3, device=device, warn=echo)
     for path, text in lines:
-        echo(f"{path}\t{text}")
+        print(f"{path}\t{text}", flush=True)  # exactly what `butd caption` prints (rich would expand the tab)
 
     console.rule("[bold]5. VQA: Up-Down with soft scores, the official accuracy")
     vqa, vdir = task_module("vqa"), toy / "vqa"

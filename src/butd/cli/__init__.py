@@ -34,10 +34,15 @@ def one_line(exc: BaseException) -> OneLineError:
 
 
 def _failures() -> tuple[type[BaseException], ...]:
+    """Library exceptions that mean "this input cannot be used" (shown as one line, exit 1); anything
+    else is a bug and keeps its traceback."""
+    import sys
+
     from butd.shards.legacy_pickle import UnsafePickleError
     from butd.shards.spec import StoreError
 
-    return (ValueError, OSError, KeyError, StoreError, UnsafePickleError)
+    loop = sys.modules.get("butd.train.loop")  # only loaded (with torch) when a command trained something
+    return (ValueError, OSError, StoreError, UnsafePickleError, *([loop.NonFiniteLossError] if loop else []))
 
 
 class LazyGroup(click.Group):
