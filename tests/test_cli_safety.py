@@ -352,6 +352,16 @@ def test_eval_and_report_bars_on_a_terminal_only():
 
     stream, plain = Tty(), io.StringIO()
     assert list(terminal_bar(iter(range(3)), "captioning", total=3, stream=stream)) == [0, 1, 2]
-    assert "captioning" in stream.getvalue() and "3/3" in stream.getvalue()
+    assert "captioning:" in stream.getvalue() and "/3 [" in stream.getvalue() and "batch/s" in stream.getvalue()
     items = [1, 2]
     assert terminal_bar(items, "answering", stream=plain) is items and plain.getvalue() == ""
+
+
+def test_a_start_refused_by_the_data_leaves_no_folder(world, tmp_path):
+    data = json.loads((world["toy"] / "dataset_coco.json").read_text())
+    for im in data["images"]:
+        im["split"] = "test"  # no training images
+    (tmp_path / "captions.json").write_text(json.dumps(data))
+    refused(2, "train", "--model", "sat-soft", "--features", world["random"], "--out", tmp_path / "run",
+            "--captions", tmp_path / "captions.json", "--config", world["root"] / "cap.yaml",
+            watch=(tmp_path / "run",), has=("the split has no images",))
