@@ -157,3 +157,23 @@ def test_toy_oracle_store(tmp_path: Path) -> None:
         assert found == sorted((o["colour"], o["shape"]) for o in image["objects"])
     with pytest.raises(ValueError, match="too small"):
         write_oracle_store(tmp_path / "toy", tmp_path / "store2", dim=8)
+
+
+def test_candidates_come_from_the_training_files_only(tmp_path: Path) -> None:
+    from butd.train.vqa import VQAPaths, load_config, prepare_data
+
+    store = _store(tmp_path / "s", [1, 2])
+    (tmp_path / "tr").mkdir()
+    (tmp_path / "va").mkdir()
+    train_q, train_a = _write(tmp_path / "tr", [_ann(i, ["red"] * 10) for i in range(3)])
+    # "blue" is frequent in val only: counting it would leak val answers into the model
+    val_q, val_a = _write(tmp_path / "va", [_ann(10 + i, ["blue"] * 10, image_id=2) for i in range(3)])
+    paths = VQAPaths(str(tmp_path / "s"), (str(train_q),), (str(train_a),), (str(val_q),), (str(val_a),))
+    cfg = load_config(None, {"data": {"min_answer_count": 2}})
+    assert cfg.data.answers_from == "train"
+    assert prepare_data(cfg, paths)[3] == ["red"]
+    both = load_config(None, {"data": {"min_answer_count": 2, "answers_from": "train+val"}})
+    assert prepare_data(both, paths)[3] == ["blue", "red"]  # bottom-up-attention-vqa's choice, on request
+    with pytest.raises(ValueError, match="unknown answers_from"):
+        prepare_data(load_config(None, {"data": {"answers_from": "val"}}), paths)
+    assert store.feature_dim == 8

@@ -252,3 +252,40 @@ def test_matches_transcribed_official_algorithm() -> None:
     assert ours["per_question"] == per_q
     assert ours["overall"] == overall
     assert any(0 < v < 100 for v in per_q.values()) and any(v == 100 for v in per_q.values())
+
+
+# --- the two official versions: cases derived from the rules of vqaEval.py at 458a8b2 (2017) and a013f00 (master)
+VERSION_CASES = [
+    # (prediction, 10 human answers, accuracy 2017, accuracy master)
+    ("Yes", ["yes"] * 10, 1.0, 0.0),  # all identical: master does not lower-case the prediction
+    ("two", ["2"] * 10, 1.0, 0.0),  # ... nor map number words
+    ("two", ["two"] * 10, 0.0, 1.0),  # 2017 maps the prediction to "2" but leaves identical answers alone
+    ("yes.", ["yes"] * 10, 1.0, 0.0),  # ... nor strip punctuation
+    ("yes", ["yes "] * 10, 0.0, 1.0),  # master strips the human answers too
+    ("2", ["two"] * 5 + ["2"] * 2 + ["3"] * 3, 0.6, 1.0),  # master normalises mixed human answers fully
+    ("red", ["Red"] * 3 + ["red"] * 2 + ["blue"] * 5, 0.6, 1.0),  # ... lower-casing them
+    ("dog", ["a dog"] * 4 + ["cat"] * 6, 0.0, 1.0),  # ... dropping articles
+    ("dont", ["don't"] * 4 + ["no"] * 6, 1.0, 1.0),  # both: contraction restored on the prediction
+    ("no", ["no"] * 2 + ["yes"] * 8, 0.6, 0.6),  # plain cases agree
+]
+
+
+@pytest.mark.parametrize(("pred", "human", "acc_2017", "acc_master"), VERSION_CASES)
+def test_official_versions(pred: str, human: list[str], acc_2017: float, acc_master: float) -> None:
+    from butd.evaluate.vqa_accuracy import answer_accuracy
+
+    assert answer_accuracy(pred, human) == pytest.approx(acc_2017)  # 2017 is the default
+    assert answer_accuracy(pred, human, "2017") == pytest.approx(acc_2017)
+    assert answer_accuracy(pred, human, "master") == pytest.approx(acc_master)
+
+
+def test_version_in_the_report_and_unknown_version() -> None:
+    anns = [{"question_id": i, "question_type": "what", "answer_type": "other",
+             "answers": [{"answer": a} for a in human]} for i, (_, human, _, _) in enumerate(VERSION_CASES)]
+    preds = {i: case[0] for i, case in enumerate(VERSION_CASES)}
+    for version, col in (("2017", 2), ("master", 3)):
+        res = vqa_accuracy(preds, anns, version=version)
+        expected = 100 * sum(case[col] for case in VERSION_CASES) / len(VERSION_CASES)
+        assert res["overall"] == pytest.approx(round(expected, 2)) and res["evaluator"] == version
+    with pytest.raises(ValueError, match="unknown VQA evaluator version"):
+        vqa_accuracy(preds, anns, version="2019")

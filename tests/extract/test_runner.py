@@ -99,6 +99,7 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     res = CliRunner().invoke(main, ["extract", *args, "--json"])
     assert res.exit_code == 3, res.output + repr(res.exception)  # 3: some images could not be read
     assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
+    assert res.stderr.count("device: cpu (1 model actor(s))") == 1  # --device auto, the choice said once
     summary = json.loads(res.stdout.strip().splitlines()[0])
     assert (summary["total"], summary["written"], summary["failed"]) == (9, 6, 3)
     assert verify_store(out, progress=False).ok

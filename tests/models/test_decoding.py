@@ -30,14 +30,14 @@ def test_beam1_equals_greedy(name: str) -> None:
         g_tok = torch.nn.functional.pad(g["tokens"], (0, t - g["tokens"].size(1)))
         b_tok = torch.nn.functional.pad(bm["tokens"], (0, t - bm["tokens"].size(1)))
         assert torch.equal(g_tok, b_tok)
-        assert torch.equal(g["logprobs"].sum(1), bm["score"])
+        torch.testing.assert_close(g["logprobs"].sum(1), bm["score"])  # same terms, summed in another order
 
 
 def test_greedy_output_format() -> None:
     model, feats, mask = _setup()
     out = greedy_decode(model, feats, mask, max_len=5)
     toks = out["tokens"]
-    assert toks.size(1) <= 6 and out["attn"].shape[:2] == toks.shape
+    assert toks.size(1) <= 5 and out["attn"].shape[:2] == toks.shape
     for row in toks.tolist():
         if 2 in row:  # PAD after EOS only
             assert all(x == 0 for x in row[row.index(2) + 1:])

@@ -87,3 +87,24 @@ def test_bad_inputs_one_line(toy, tmp_path) -> None:
     assert res.exit_code != 0 and "1 of" in res.output and "missing" in res.output
     res = CliRunner().invoke(main, train_caption_cmd_args([*args, "--skip-missing"]))
     assert res.exit_code == 0, res.output
+
+
+def test_eval_uses_the_runs_decode_config(toy, tmp_path) -> None:
+    captions, store = toy
+    (tmp_path / "c.yaml").write_text(
+        "model: {embed_dim: 16, hidden_dim: 32, att_dim: 16}\ndata: {min_count: 1}\nxe: {log_every: 0}\n"
+        "decode: {method: beam, beam: 2, max_len: 4, block_repeats: true}\ndevice: cpu\n")
+    run = tmp_path / "run"
+    args = ["--features", str(store), "--captions", str(captions), "--out", str(run), "--epochs", "1",
+            "--config", str(tmp_path / "c.yaml")]
+    res = CliRunner().invoke(main, train_caption_cmd_args(args))
+    assert res.exit_code == 0, res.output
+    scorers = CocoScorers.build(meteor=False, spice=False)
+    report = eval_caption(run, "test", scorers=scorers)
+    assert (report["beam"], report["decode"]["max_len"], report["decode"]["block_repeats"]) == (2, 4, True)
+    for r in json.loads((run / "captions_test.json").read_text()):
+        words = r["caption"].split()
+        assert len(words) <= 4
+        assert all(words.count(w) == 1 for w in words if w not in report["decode"]["allowed_repeats"])
+    greedy = eval_caption(run, "test", beam=1, scorers=scorers)  # an explicit --beam still overrides
+    assert greedy["beam"] == 1 and greedy["decode"]["method"] == "greedy" and greedy["decode"]["max_len"] == 4

@@ -11,10 +11,17 @@ import torch
 
 from butd.datasets.captions import CaptionDataset, DataConfig, collate_captions, load_karpathy, split_images
 from butd.evaluate.cider import CiderD
-from butd.models.decoding import sample_decode
+from butd.models.decoding import DecodeConfig, sample_decode
 from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
-from butd.train.caption import CaptionPaths, cider_of, load_caption_config, load_caption_run, train_caption
+from butd.train.caption import (
+    CaptionPaths,
+    cider_of,
+    generate_captions,
+    load_caption_config,
+    load_caption_run,
+    train_caption,
+)
 from butd.train.checkpoint import load_checkpoint
 from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
 
@@ -73,6 +80,17 @@ def test_xe_then_scst_updown(toy, tmp_path) -> None:
     trivial = val_scorer.score_lists([most_frequent] * len(val), [im.refs for im in val.images])[0]
     assert xe_cider > 2.0 * trivial and xe_cider > trivial + 0.5, (xe_cider, trivial)
     assert summary["val_cider_d"] == pytest.approx(cider_of(model, val, vocab, val_scorer))
+
+    # decoding recipes on the learned model: Caffe's repeat block and the exact max_len hold, and beam 5 with
+    # the block is no worse than greedy (RECIPES.md; bench/updown_decode.py measures the gain)
+    paper = DecodeConfig(method="beam", beam=5, max_len=20, block_repeats=True)
+    preds = generate_captions(xe_model, val, vocab, paper)
+    for caption in preds.values():
+        words = [w for w in caption.split() if w not in paper.allowed_repeats]
+        assert len(caption.split()) <= 20 and len(words) == len(set(words)), caption
+    assert val_scorer.score(preds, {im.image_id: im.refs for im in val.images})[0] >= 0.95 * xe_cider
+    short = generate_captions(xe_model, val, vocab, DecodeConfig(method="greedy", max_len=3))
+    assert max(len(c.split()) for c in short.values()) <= 3
 
     # SCST: the mean sampled reward (CIDEr-D, df from training refs) went up
     train = CaptionDataset(train_imgs, store, vocab, cfg.data, per_caption=False)

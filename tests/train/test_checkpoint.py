@@ -73,7 +73,7 @@ LOOP = LoopConfig(
     batch_size=8,
     lr=1e-2,
     log_every=1,
-    schedule=ScheduleConfig(name="warmup_step", warmup_steps=3, decay_start=6, decay_every=4),
+    schedule=ScheduleConfig(name="warmup_step", unit="steps", warmup=3, decay_start=6, decay_every=4),
 )
 
 
@@ -173,10 +173,10 @@ def test_early_stopping_and_best_checkpoint(tmp_path: Path) -> None:
 
 
 def test_schedules_are_pure_functions() -> None:
-    cfg = ScheduleConfig(name="warmup_step", warmup_steps=4, decay_start=10, decay_every=5, gamma=0.5)
+    cfg = ScheduleConfig(name="warmup_step", unit="steps", warmup=4, decay_start=10, decay_every=5, gamma=0.5)
     got = [lr_at(s, 1.0, cfg, 100) for s in (0, 1, 3, 9, 10, 14, 15)]
     assert got == pytest.approx([0.25, 0.5, 1.0, 1.0, 0.5, 0.5, 0.25])
-    cos = ScheduleConfig(name="cosine", min_lr=0.1)
+    cos = ScheduleConfig(name="cosine", unit="steps", min_lr=0.1)
     assert lr_at(0, 1.0, cos, 11) == pytest.approx(1.0) and lr_at(10, 1.0, cos, 11) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="unknown LR schedule"):
         lr_at(0, 1.0, ScheduleConfig(name="nope"), 1)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from butd.cli import LazyGroup
-from butd.cli.options import RegistryChoice, device_option, pick_device
+from butd.cli.options import RegistryChoice, device_option
 from butd.errors import UserError
 
 __all__ = ["extract_cmd", "weights"]
@@ -65,6 +65,7 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
     from butd.extract.runner import run_extraction
     from butd.extract.sources import iter_source, load_boxes, with_boxes
     from butd.shards import verify_store
+    from butd.tasks.common import resolve_device
 
     given: dict[str, Any] = {"mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size,
                              "device": device, "min_boxes": min_boxes, "max_boxes": max_boxes,
@@ -73,8 +74,8 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
         given["device"] = None  # the config file's or the extractor's default (auto)
     cfg = extractor_config(extractor, read_yaml(config_file) if config_file else None,
                            **{k: v for k, v in given.items() if v is not None})
-    if address is None:  # a local run: the device is this machine's (a GPU asked for but absent stops here)
-        pick_device(cfg.device)
+    if address is None and str(cfg.device).startswith("cuda"):  # a GPU asked for but absent stops here
+        resolve_device(cfg.device)
     check_weights(extractor, cfg.weights)
     click.echo(f"extractor {extractor}, mode {cfg.mode}, weights {cfg.weights or 'shipped'}", err=True)
     items = iter_source(dataset, root, mode=cfg.mode)
@@ -87,7 +88,8 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
                         usage=True)
     summary = run_extraction(items, cfg, out, address=address, workers=workers, shard_size=shard_size,
                              batch_size=batch_size, progress=not no_progress, threads=threads, verbose=verbose,
-                             source_info={"dataset": dataset, "root": str(Path(root).resolve())})
+                             source_info={"dataset": dataset, "root": str(Path(root).resolve())},
+                             log=lambda message: click.echo(message, err=True))
     if verify:
         report = verify_store(out, progress=False)
         if not report.ok:

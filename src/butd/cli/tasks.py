@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -45,12 +46,16 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--val-annotations", type=_file(), multiple=True, help="[vqa] validation annotations JSON.")
 @click.option("--glove", type=_file(), help="[vqa] GloVe text file (300-d) for the word embeddings.")
 @click.option("--min-answer-count", type=int, help="[vqa] answer candidates: seen in at least N questions (9).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train on N local processes (torch DDP, 127.0.0.1 only; one GPU each on CUDA). The config's "
+                   "batch_size is the global batch. On a cluster use torchrun (see TRAINING.md).")
 def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
-              device: str, **options: Any) -> None:
+              device: str, nproc: int, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
     from butd.models.registry import task_of
     from butd.tasks import task_module
     from butd.tasks.guard import check_out, random_weights_warning, resume_point
+    from butd.train.distributed import current
     from butd.train.progress import TrainingInterrupted
 
     task = task_of(model)
@@ -62,14 +67,21 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
         if not options.get(key):
             raise UserError(f"--{key} is required to train a {task} model", f"--model {model}",
                             f"pass --{key} FILE", usage=True)
-    check_out(out, resume=resume, overwrite=overwrite)
-    if resume:
-        click.echo(resume_point(out, model, features), err=True)
-    warning = random_weights_warning(features)
-    if warning:
-        click.echo(warning, err=True)
+    worker = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a DDP rank: the launching command checked OUT
+    if not worker:
+        check_out(out, resume=resume, overwrite=overwrite)
+        if resume:
+            click.echo(resume_point(out, model, features), err=True)
+        warning = random_weights_warning(features)
+        if warning:
+            click.echo(warning, err=True)
+    if nproc > 1:  # the same command in N workers started by torch.distributed.run (OUT checked, replaced once)
+        from butd.train.launch import launch_local
+
+        raise SystemExit(launch_local(nproc, ["train", *_command_line(click.get_current_context(),
+                                                                      skip=("nproc", "overwrite"))]))
     options = {**options, "features": features, "device": pick_device(device)}
-    created = not Path(out).exists()
+    created = not worker and not Path(out).exists()
     try:
         summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
     except TrainingInterrupted as stop:
@@ -82,7 +94,23 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
     score = summary.get("val_cider_d") if task == "caption" else summary.get("best")
     done = [f"model {model}", *([f"{summary['epochs']} epochs"] if "epochs" in summary else []),
             *([f"best validation score {score:.3f}"] if score is not None else [])]
-    click.echo(f"wrote {out} ({', '.join(done)})")
+    if current().is_main:
+        click.echo(f"wrote {out} ({', '.join(done)})")
+
+
+def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
+    """The options ``ctx`` was given, as arguments again (``skip`` left out)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in skip or not isinstance(param, click.Option) or value in (None, False, ()):
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            args.append(flag)
+        else:
+            args += [a for v in (value if param.multiple else [value]) for a in (flag, str(v))]
+    return args
 
 
 def _task_of_run(run: Path) -> str:
@@ -115,20 +143,24 @@ def _data(task: str, features: str | None, captions: str | None, questions: tupl
 @click.command("eval")
 @_RUN
 @click.option("--split", default=None, help="test (captioning default) or val (VQA default).")
-@click.option("--beam", default=3, show_default=True, type=int, help="Beam width for captioning (1 = greedy).")
+@click.option("--beam", default=None, type=int,
+              help="Beam width for captioning (1 = greedy); default: the run's decode config.")
+@click.option("--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
+              help="VQA runs: the official evaluator's 2017 rules (challenge, papers) or master (2021 fix).")
 @device_option
 @_FEATURES
 @_CAPTIONS
 @_QUESTIONS
 @_ANNOTATIONS
-def eval_cmd(run: Path, split: str | None, beam: int, device: str, features, captions, questions,
-             annotations) -> None:
+def eval_cmd(run: Path, split: str | None, beam: int | None, vqa_eval: str, device: str, features, captions,
+             questions, annotations) -> None:
     """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
     from butd.tasks import task_module
 
     task = _task_of_run(run)
     mod = task_module(task)
-    mod.evaluate(run, split or mod.SPLIT, beam=beam, device=pick_device(device), echo=click.echo,
+    mod.evaluate(run, split or mod.SPLIT, beam=beam, vqa_eval=vqa_eval, device=pick_device(device),
+                 echo=click.echo,
                  **_data(task, features, captions, questions, annotations))
 
 
@@ -139,9 +171,9 @@ def _warn(message: str) -> None:
 @click.command("caption")
 @_RUN
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--beam", default=3, show_default=True, type=int)
+@click.option("--beam", default=None, type=int, help="Beam width (1 = greedy); default: the run's decode config.")
 @device_option
-def caption_cmd(run: Path, images: tuple[Path, ...], beam: int, device: str) -> None:
+def caption_cmd(run: Path, images: tuple[Path, ...], beam: int | None, device: str) -> None:
     """Caption new IMAGES end to end: the run's extractor, then its model. One line per image."""
     from butd.tasks import caption
 

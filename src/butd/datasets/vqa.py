@@ -19,10 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from butd.errors import UserError
 from butd.evaluate.vqa_accuracy import ANSWER_TYPES, normalize_answer, soft_scores
 from butd.shards import FeatureStore, scalar
 
+ANSWER_SOURCES = ("train", "train+val")
+
 __all__ = [
+    "ANSWER_SOURCES",
     "PAD",
     "UNK",
     "MissingImagesError",
@@ -31,6 +35,7 @@ __all__ = [
     "VQAExample",
     "Vocab",
     "build_answer_set",
+    "candidate_examples",
     "compared_forms",
     "featurize",
     "join_store",
@@ -50,6 +55,9 @@ class VQADataConfig:
 
     max_question_len: int = 14
     min_answer_count: int = 9
+    # which annotated questions count towards candidates: "train" (default: nothing about the scored split
+    # leaks into the model) or "train+val" (bottom-up-attention-vqa tools/compute_softscore.py: 3129 on VQA v2)
+    answers_from: str = "train"
     max_boxes: int | None = None  # None: the store's largest record
     skip_missing: bool = False
 
@@ -181,6 +189,16 @@ def build_answer_set(examples: Sequence[VQAExample], min_count: int = 9) -> list
             f"(the most frequent answer occurs {top} times in {len(examples)} questions)"
         )
     return answers
+
+
+def candidate_examples(
+    train: Sequence[VQAExample], val: Sequence[VQAExample], answers_from: str = "train"
+) -> list[VQAExample]:
+    """The annotated examples whose answers choose the candidates (see ``VQADataConfig.answers_from``)."""
+    if answers_from not in ANSWER_SOURCES:
+        raise UserError(f"unknown answers_from {answers_from!r}", "data.answers_from",
+                        f"use one of {', '.join(ANSWER_SOURCES)}", usage=True)
+    return [*train, *(ex for ex in val if ex.answers)] if answers_from == "train+val" else list(train)
 
 
 def compared_forms(answers: Sequence[str]) -> dict[str, list[int]]:

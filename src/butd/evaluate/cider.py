@@ -184,6 +184,23 @@ class CiderD:
         per_item = np.bincount(item_of_ref, weights=per_ref, minlength=num) / m * 10.0
         return float(per_item.mean()), per_item
 
+    # -- the fixed corpus statistics as plain arrays (to compute them once and share them, e.g. over ranks)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Document frequencies, word table and settings as arrays (no objects, so no pickle needed)."""
+        return {"df_keys": self._df_keys, "df_vals": self._df_vals, "words": np.asarray(list(self._vocab), dtype=str),
+                "settings": np.asarray([self.n, self.sigma, self.ref_len, self.num_docs], dtype=np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CiderD:
+        """The scorer :meth:`to_arrays` describes (identical scores)."""
+        obj = cls.__new__(cls)
+        n, sigma, ref_len, num_docs = arrays["settings"].tolist()
+        obj.n, obj.sigma, obj.ref_len, obj.num_docs = int(n), float(sigma), float(ref_len), int(num_docs)
+        obj._vocab = {str(w): i + 1 for i, w in enumerate(arrays["words"].tolist())}
+        obj._df_keys = np.asarray(arrays["df_keys"], dtype=np.uint64)
+        obj._df_vals = np.asarray(arrays["df_vals"], dtype=np.float64)
+        return obj
+
     def __repr__(self) -> str:
         return f"CiderD(docs={self.num_docs}, ngrams={self._df_keys.size}, n={self.n}, sigma={self.sigma})"
 

@@ -1,14 +1,24 @@
 """The official VQA accuracy (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py).
 
 Facts taken from that file (Python 3 version, commit c4e6a0e): the punctuation list, the two regexes,
-the number-word map, the articles and the contraction table, and the evaluation rules:
+the number-word map, the articles and the contraction table, and the evaluation rules. Two versions of the
+rules exist (``VERSIONS``):
+
+``"2017"`` (the file as of commit 458a8b2, 2016-10, used for the 2017 challenge and in the papers):
 
 * a predicted answer has "\\n"/"\\t" turned into spaces, is stripped, then punctuation-processed, then
   lower-cased, number words mapped to digits, articles dropped and contractions restored;
 * the 10 human answers get *only* punctuation processing, and only when they are not all identical
   (they are never lower-cased);
-* accuracy = mean over the 10 leave-one-out subsets of min(1, #matches among the other 9 / 3),
-  reported in percent rounded to 2 decimals.
+
+``"master"`` (commit a013f00, 2021-03, "Fixed processing answers bug"):
+
+* human and predicted answers both have "\\n"/"\\t" turned into spaces and are stripped;
+* when the 10 human answers are not all identical, *both* sides get the punctuation and the
+  digit/article/contraction processing; when they are all identical, *neither* side is processed further;
+
+and in both: accuracy = mean over the 10 leave-one-out subsets of min(1, #matches among the other 9 / 3),
+reported in percent rounded to 2 decimals.
 
 Regex behaviour kept on purpose: the period pattern's "(?!<=\\d)" is a look-*ahead* typo, so a period is
 dropped whenever it is not followed by a digit ("1.5" keeps it, "5." loses it), and the official call passes
@@ -19,13 +29,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from butd.errors import UserError
 
 __all__ = [
     "ANSWER_TYPES",
     "ARTICLES",
     "CONTRACTIONS",
+    "VERSIONS",
     "NUMBER_WORDS",
     "PUNCTUATION",
     "answer_accuracy",
@@ -143,14 +156,42 @@ def leave_one_out_score(matches: Sequence[bool]) -> float:
 
 
 def _reference_answers(human: Sequence[str]) -> list[str]:
-    """Human answers as the official code compares them (the all-identical quirk included)."""
+    """Human answers as the 2017 official code compares them (the all-identical quirk included)."""
     return [process_punctuation(a) for a in human] if len(set(human)) > 1 else list(human)
 
 
-def answer_accuracy(predicted: str, human_answers: Sequence[str]) -> float:
+def _white(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def _compared_2017(predicted: str, human: Sequence[str]) -> tuple[str, list[str]]:
+    return normalize_answer(predicted), _reference_answers(human)
+
+
+def _compared_master(predicted: str, human: Sequence[str]) -> tuple[str, list[str]]:
+    refs, pred = [_white(a) for a in human], _white(predicted)
+    if len(set(refs)) > 1:
+        refs = [process_digit_article(process_punctuation(a)) for a in refs]
+        pred = process_digit_article(process_punctuation(pred))
+    return pred, refs
+
+
+# version -> (predicted, human answers) -> (the compared prediction, the compared human answers)
+VERSIONS: dict[str, Callable[[str, Sequence[str]], tuple[str, list[str]]]] = {
+    "2017": _compared_2017, "master": _compared_master}
+
+
+def _compare(version: str) -> Callable[[str, Sequence[str]], tuple[str, list[str]]]:
+    if version not in VERSIONS:
+        raise UserError(f"unknown VQA evaluator version {version!r}", "--vqa-eval",
+                        f"use one of {', '.join(VERSIONS)}", usage=True)
+    return VERSIONS[version]
+
+
+def answer_accuracy(predicted: str, human_answers: Sequence[str], version: str = "2017") -> float:
     """Official accuracy in [0, 1] of one predicted answer against the (raw) human answers."""
-    pred = normalize_answer(predicted)
-    return leave_one_out_score([ref == pred for ref in _reference_answers(human_answers)])
+    pred, refs = _compare(version)(predicted, human_answers)
+    return leave_one_out_score([ref == pred for ref in refs])
 
 
 def soft_scores(human_answers: Sequence[str]) -> dict[str, float]:
@@ -175,14 +216,17 @@ def vqa_accuracy(
     annotations: Mapping[str, Any] | Iterable[Mapping[str, Any]],
     *,
     question_ids: Iterable[int] | None = None,
+    version: str = "2017",
 ) -> dict[str, Any]:
     """Official VQA accuracy of ``predictions`` (question id -> answer) against VQA v2 annotations.
 
     ``annotations`` is the annotation file's dict or its "annotations" list. Every evaluated question
-    needs a prediction (KeyError naming it otherwise); ``question_ids`` restricts the evaluated set.
+    needs a prediction (KeyError naming it otherwise); ``question_ids`` restricts the evaluated set;
+    ``version`` picks the official rules (a key of :data:`VERSIONS`).
     Returns percentages rounded like the official code: {"overall", "per_answer_type",
     "per_question_type", "per_question": {qid: acc}}.
     """
+    _compare(version)
     anns = {int(a["question_id"]): a for a in _annotation_list(annotations)}
     qids = list(anns) if question_ids is None else [int(q) for q in question_ids]
     if not qids:
@@ -198,7 +242,7 @@ def vqa_accuracy(
         if qid not in anns:
             raise KeyError(f"question_id {qid} is not in the annotations")
         ann = anns[qid]
-        acc = answer_accuracy(predictions[qid], [a["answer"] for a in ann["answers"]])
+        acc = answer_accuracy(predictions[qid], [a["answer"] for a in ann["answers"]], version)
         overall.append(acc)
         by_answer_type[ann["answer_type"]].append(acc)
         by_question_type[ann["question_type"]].append(acc)
@@ -209,4 +253,5 @@ def vqa_accuracy(
         "per_question_type": {k: _pct(float(sum(v)) / len(v)) for k, v in by_question_type.items()},
         "per_question": per_question,
         "num_questions": len(overall),
+        "evaluator": version,
     }

@@ -165,7 +165,7 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
                    address: str | None = None, workers: int | None = None, shard_size: int = 1000,
                    batch_size: int = 8, progress: bool = True, source_info: dict[str, Any] | None = None,
                    max_in_flight: int | None = None, decode_cpus: float = 1.0, threads: int | None = None,
-                   verbose: bool = False) -> Summary:
+                   verbose: bool = False, log: Callable[[str], None] | None = None) -> Summary:
     """Extract features for every item of ``source`` into the store at ``out`` (resumable, kill-safe).
 
     ``address``: join that Ray cluster; default starts a private local Ray on 127.0.0.1.
@@ -200,7 +200,7 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
                 start_local_ray(max(os.cpu_count() or 1, (workers or 1) * (threads or 1) + 1), verbose)
     try:
         return _run(ray, ShardWriter, items, extractor_cfg, out, workers, shard_size, batch_size, progress,
-                    source_info or {}, max_in_flight, decode_cpus, threads, t_start)
+                    source_info or {}, max_in_flight, decode_cpus, threads, t_start, log)
     except NothingExtracted as exc:
         if created:  # nothing half-written: a store folder this call made holds no record
             shutil.rmtree(out, ignore_errors=True)
@@ -251,10 +251,13 @@ def weights_words(given: str | None, sha256: str | None) -> str:
 
 def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path,
          workers: int | None, shard_size: int, batch_size: int, progress: bool, source_info: dict[str, Any],
-         max_in_flight: int | None, decode_cpus: float, threads: int | None, t_start: float) -> Summary:
+         max_in_flight: int | None, decode_cpus: float, threads: int | None, t_start: float,
+         log: Callable[[str], None] | None = None) -> Summary:
     from tqdm import tqdm
 
     device, n, resources, threads = _plan_workers(ray, cfg, workers, threads)
+    if log is not None:  # the device "auto" chose, said once
+        log(f"device: {device} ({n} model actor(s))")
     recorded = asdict(cfg)  # the manifest records the config as given; config_from_manifest gives it back
     cfg = dataclasses.replace(cfg, device=device)  # builders see the resolved device, never "auto"
     actor_cls = ray.remote(**resources)(ModelWorker)

@@ -66,7 +66,8 @@ class CaptionModel(nn.Module):
         return out
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Token-mean cross-entropy over non-PAD targets."""
+        """Token-mean cross-entropy over non-PAD targets (``loss_weight`` = number of those targets)."""
         logits, targets = outputs["logits"], outputs["targets"]
         xe = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD)
-        return {"loss": xe, "xe": xe.detach()}
+        # loss_weight: the token count, so that ranks of a distributed run weigh their token means correctly
+        return {"loss": xe, "xe": xe.detach(), "loss_weight": (targets != PAD).sum()}

@@ -7,8 +7,13 @@ Per step t with annotations a_i [D] (i over the K unmasked positions) and previo
     h_t, c_t = LSTM([E y_{t-1}, z_t], (h_{t-1}, c_{t-1}))
     p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))                             (deep output)
 
-h_0, c_0 are one-layer tanh MLPs of the masked mean annotation. The loss adds the doubly stochastic
-regulariser lambda * sum_i (1 - sum_t alpha_ti)^2 (sum over real positions and non-PAD steps, batch mean).
+h_0, c_0 are one-layer tanh MLPs of the masked mean annotation. The paper's per-sentence objective is
+
+    -log p(y | a) + lambda * sum_i (1 - sum_t alpha_ti)^2           (i over real positions, t over caption steps)
+
+Our cross-entropy is a token mean, i.e. the summed -log p divided by the mean caption length, so the
+regulariser is divided by the same length: the whole per-sentence objective scaled by one constant. lambda = 1
+is the value arctic-captions' COCO script (evaluate_coco.py) passes (see RECIPES.md for its own scaling).
 """
 
 from __future__ import annotations
@@ -34,17 +39,19 @@ class SatConfig:
     att_dim: int = 512  # attention MLP width
     dropout: float = 0.5
     selector: bool = True  # the gating scalar beta
-    alpha_c: float = 1.0  # lambda of the doubly stochastic regulariser (0 = off)
+    alpha_c: float = 1.0  # lambda of the per-sentence doubly stochastic regulariser (0 = off)
 
 
 def doubly_stochastic_penalty(attn: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum_i (1 - sum_t alpha_ti)^2 averaged over the batch.
+    """Per-sentence sum_i (1 - sum_t alpha_ti)^2, averaged over the batch, divided by the mean caption length
+    (so that it adds to a token-mean cross-entropy with the paper's per-sentence weight).
 
     attn [B, T, K], targets [B, T] (PAD steps ignored), mask [B, K] (padding positions ignored) -> scalar.
     """
-    valid = (targets != PAD).to(attn.dtype).unsqueeze(-1)
-    total = (attn * valid).sum(1)  # [B, K]
-    return (((1.0 - total) ** 2) * mask.to(attn.dtype)).sum(1).mean()
+    valid = (targets != PAD).to(attn.dtype)
+    total = (attn * valid.unsqueeze(-1)).sum(1)  # [B, K]
+    per_sentence = (((1.0 - total) ** 2) * mask.to(attn.dtype)).sum(1)  # [B]
+    return per_sentence.mean() / valid.sum(1).mean().clamp_min(1.0)
 
 
 class SatSoft(CaptionModel):
@@ -67,6 +74,11 @@ class SatSoft(CaptionModel):
         self.out_o = nn.Linear(e, vocab_size)  # L_o
         self.drop = nn.Dropout(config.dropout)
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        """f_beta exists but takes no part without the selector (DDP must then look for unused parameters)."""
+        return not self.config.selector
+
     def init_state(self, feats: torch.Tensor, mask: torch.Tensor) -> State:
         """h, c [B, H] from the masked mean annotation; att_feats [B, K, A] = W_a a_i (cached)."""
         mean = masked_mean(feats, mask)
@@ -77,23 +89,26 @@ class SatSoft(CaptionModel):
         e = self.att_w(torch.tanh(state["att_feats"] + self.att_hid(h_prev).unsqueeze(1))).squeeze(-1)
         return masked_softmax(e, mask, dim=1)
 
-    def context(self, alpha: torch.Tensor, feats: torch.Tensor, h_prev: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Soft context z_t [B, D] = beta * sum_i alpha_i a_i; extras {"beta": [B]} when gated."""
-        z = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)
+    def gate(self, z: torch.Tensor, h_prev: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """beta * z for a context z [B, D] (the selector); extras {"beta": [B]} when gated."""
         if not self.config.selector:
             return z, {}
         beta = torch.sigmoid(self.f_beta(h_prev))
         return beta * z, {"beta": beta.squeeze(-1)}
 
+    def context(self, alpha: torch.Tensor, feats: torch.Tensor, state: State
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Soft context z_t [B, D] = beta * sum_i alpha_i a_i (beta from h_{t-1} = state["h"])."""
+        return self.gate(torch.bmm(alpha.unsqueeze(1), feats).squeeze(1), state["h"])
+
     def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
                     ) -> tuple[torch.Tensor, State, torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.embed(tokens)  # [B, E]
         alpha = self.attention(state["h"], state, mask)
-        z, extras = self.context(alpha, feats, state["h"])
+        z, extras = self.context(alpha, feats, state)
         h, c = self.lstm(torch.cat([emb, z], dim=-1), (state["h"], state["c"]))
         logits = self.out_o(self.drop(emb + self.out_h(h) + self.out_z(z)))
-        return logits, {"h": h, "c": c, "att_feats": state["att_feats"]}, alpha, extras
+        return logits, {**state, "h": h, "c": c}, alpha, extras
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """XE + alpha_c * doubly stochastic penalty."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +65,23 @@ def _result_id(image_id: str) -> int | str:
     return int(image_id) if image_id.isdigit() else image_id
 
 
-def evaluate(run: str | Path, split: str = SPLIT, *, beam: int = 3, scorers: Any = None, device: str = "cpu",
-             features: str | None = None, captions: str | None = None,
-             echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(run: str | Path, split: str = SPLIT, *, beam: int | None = None, scorers: Any = None,
+             device: str = "cpu", features: str | None = None, captions: str | None = None,
+             echo: Callable[[str], None] | None = None, decode: Any = None, **_: Any) -> dict[str, Any]:
     """Caption every image of ``split`` with the run's model and score against the references.
 
-    Decodes with beam search of width ``beam`` (greedy when 1), writes ``RUN/captions_{split}.json``
+    Decodes as the run's ``decode:`` config says (or ``decode``, a DecodeConfig), its beam width replaced by
+    ``beam`` when given (greedy when 1), writes ``RUN/captions_{split}.json``
     (COCO results format ``[{"image_id", "caption"}]``) and ``RUN/eval_{split}.json`` (metrics: BLEU-1..4,
     METEOR, ROUGE-L, CIDEr and SPICE when available, with skipped metrics and why). Returns the latter.
     """
     from butd.datasets.captions import CaptionDataset, load_karpathy, split_images
     from butd.evaluate.caption_metrics import caption_metrics, ptb_tokenize
-    from butd.models.decoding import DecodeConfig
+    from butd.models.decoding import with_beam
     from butd.shards import FeatureStore
     from butd.train.caption import caption_data, generate_captions, load_caption_run
 
-    if beam < 1:
+    if beam is not None and beam < 1:
         raise UserError("the beam width must be at least 1", beam, "pass --beam 1 (greedy) or more", usage=True)
     run = Path(run)
     cfg, model, vocab, info = load_caption_run(run, device)
@@ -87,8 +89,8 @@ def evaluate(run: str | Path, split: str = SPLIT, *, beam: int = 3, scorers: Any
     images = split_images(load_karpathy(captions_path), split)
     dataset = CaptionDataset(images, FeatureStore(store_path), vocab, cfg.data, per_caption=False,
                              skip_missing=bool(info["summary"].get("skip_missing", False)))
-    dcfg = DecodeConfig(method="beam" if beam > 1 else "greedy", beam=beam, max_len=cfg.data.max_len,
-                        length_penalty=cfg.decode.length_penalty)
+    dcfg = with_beam(decode if decode is not None else cfg.decode, beam)
+    beam = dcfg.beam if dcfg.method == "beam" else 1
     preds = generate_captions(model, dataset, vocab, dcfg, cfg.eval_batch_size, device)
     if shutil.which("java") is not None:  # the COCO protocol: raw references, PTB-tokenised on both sides
         refs = {im.image_id: list(im.raw) for im in dataset.images}
@@ -100,7 +102,8 @@ def evaluate(run: str | Path, split: str = SPLIT, *, beam: int = 3, scorers: Any
     results = [{"image_id": _result_id(k), "caption": v} for k, v in preds.items()]
     (run / f"captions_{split}.json").write_text(json.dumps(results), encoding="utf-8")
     skipped = metrics.pop("skipped", {})
-    report = {"split": split, "beam": beam, "n_images": len(preds), "model_name": cfg.model_name,
+    report = {"split": split, "beam": beam, "decode": asdict(dcfg), "n_images": len(preds),
+              "model_name": cfg.model_name,
               "metrics": metrics, "skipped": skipped, "captions": f"captions_{split}.json"}
     (run / f"eval_{split}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if echo is not None:
@@ -114,21 +117,24 @@ def evaluate(run: str | Path, split: str = SPLIT, *, beam: int = 3, scorers: Any
     return report
 
 
-def predict(run: str | Path, images: list[Path], *, beam: int = 3, device: str = "cpu",
+def predict(run: str | Path, images: list[Path], *, beam: int | None = None, device: str = "cpu",
             warn: Callable[[str], None] | None = None) -> list[tuple[Path, str]]:
-    """Caption new images end to end: the run's extractor, :func:`featurize`, then the model."""
-    from butd.models.decoding import DecodeConfig, decode
+    """Caption new images end to end: the run's extractor, :func:`featurize`, then the model decoding as the
+    run's ``decode:`` config says (``beam`` overrides its width)."""
+    from butd.models.decoding import decode, with_beam
     from butd.train.caption import load_caption_run
     from butd.train.scst import tokens_to_text
 
     cfg, model, vocab, info = load_caption_run(run, device)
     extractor = run_extractor(info)
-    dcfg = DecodeConfig(method="beam" if beam > 1 else "greedy", beam=beam, max_len=cfg.data.max_len)
+    if beam is not None and beam < 1:
+        raise UserError("the beam width must be at least 1", beam, "pass --beam 1 (greedy) or more", usage=True)
+    dcfg = with_beam(cfg.decode, beam)
     out = []
     for path, rec in extract_images(list(images), extractor, device, warn):
         x = featurize(rec, info["store"]["kind"], cfg.data)
         with torch.no_grad():
-            tokens = decode(model, x["features"].to(device), x["mask"].to(device), dcfg)
+            tokens = decode(model, x["features"].to(device), x["mask"].to(device), dcfg, vocab.words)
         out.append((path, tokens_to_text(tokens.cpu(), vocab)[0]))
     return out
 
@@ -150,7 +156,7 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
     ds = CaptionDataset(images, store, vocab, cfg.data, per_caption=False, skip_missing=True)
     batch = collate_captions([ds[i] for i in range(len(ds))])
     with torch.no_grad():
-        out = greedy_decode(model, batch["features"], batch["mask"], cfg.data.max_len)
+        out = greedy_decode(model, batch["features"], batch["mask"], cfg.decode.max_len)
     texts = tokens_to_text(out["tokens"], vocab)
     index = image_index(image_roots(store_path, captions_path, images_root))
     names = store_names(store_path)

@@ -67,12 +67,13 @@ def load_run(run: str | Path, device: str = "cpu"):
 
 def evaluate(run: str | Path, split: str = SPLIT, *, device: str = "cpu", features: str | None = None,
              questions: Sequence[str] | None = None, annotations: Sequence[str] | None = None,
-             echo: Callable[[str], None] | None = None, **_: Any) -> dict[str, Any]:
-    """Official VQA accuracy on ``split``; writes RUN/eval_SPLIT.json and RUN/results_SPLIT.json."""
+             echo: Callable[[str], None] | None = None, vqa_eval: str = "2017", **_: Any) -> dict[str, Any]:
+    """Official VQA accuracy on ``split`` (``vqa_eval``: the 2017 or master rules of the official evaluator);
+    writes RUN/eval_SPLIT.json and RUN/results_SPLIT.json."""
     from butd.train.vqa import eval_run
 
     return eval_run(run, split, echo=echo, features=features, questions=questions, annotations=annotations,
-                    device=device)
+                    device=device, version=vqa_eval)
 
 
 def check_question(question: str, vocab: Any, max_len: int, warn: Callable[[str], None] | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from butd.config import load_config, to_plain
 from butd.datasets.captions import (
@@ -32,11 +32,14 @@ from butd.models.caption_base import CaptionModel
 from butd.models.decoding import DecodeConfig, decode
 from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
+from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
 from butd.train.progress import terminal_bar
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
-from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
+from butd.train.scheduled_sampling import ScheduledSampling
+from butd.train.schedules import ScheduleConfig, ScheduledSamplingConfig
+from butd.train.scst import ScstConfig, ScstObjective, reward_refs, tokens_to_text
 
 __all__ = ["CaptionPaths", "CaptionTrainConfig", "cider_of", "generate_captions", "load_caption_config",
            "load_caption_run", "train_caption"]
@@ -49,12 +52,15 @@ class CaptionTrainConfig:
     model_name: str = "updown"  # a key of butd.models.registry.CAPTION_MODELS
     model: dict[str, Any] = field(default_factory=dict)  # overrides of that model's config dataclass
     data: DataConfig = field(default_factory=DataConfig)
+    # defaults: self-critical.pytorch configs/updown/updown.yml + opts.py (see RECIPES.md)
     xe: LoopConfig = field(default_factory=lambda: LoopConfig(
-        epochs=30, batch_size=100, lr=5e-4, grad_clip=0.1, monitor="CIDEr-D", log_every=100))
+        epochs=30, batch_size=50, lr=5e-4, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100,
+        schedule=ScheduleConfig(name="step", unit="epochs", decay_start=0, decay_every=3, gamma=0.8)))
+    scheduled_sampling: ScheduledSamplingConfig = field(default_factory=lambda: ScheduledSamplingConfig(start=0))
     scst: LoopConfig = field(default_factory=lambda: LoopConfig(
-        epochs=0, batch_size=50, lr=5e-5, grad_clip=0.1, monitor="CIDEr-D", log_every=100))
+        epochs=0, batch_size=10, lr=5e-5, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100))
     scst_objective: ScstConfig = field(default_factory=ScstConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)  # for `eval_caption`
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # eval / caption: the run's decoding
     val_max_images: int = 0  # images used for the per-epoch validation CIDEr-D (0 = all)
     eval_batch_size: int = 100
     device: str = "auto"  # "cpu", "cuda" or "auto"
@@ -80,12 +86,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _loader(dataset: CaptionDataset, batch_size: int) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_captions)
 
 
 @torch.no_grad()
-def generate_captions(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab, cfg: DecodeConfig,
+def generate_captions(model: CaptionModel, dataset: CaptionDataset | Subset, vocab: Vocab, cfg: DecodeConfig,
                       batch_size: int = 100, device: str | torch.device = "cpu") -> dict[str, str]:
     """image id -> decoded caption for every image of a per-image dataset (model put in eval mode)."""
     was_training = model.training
@@ -93,7 +99,7 @@ def generate_captions(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab
     out: dict[str, str] = {}
     try:
         for batch in terminal_bar(_loader(dataset, batch_size), "captioning"):
-            tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg)
+            tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg, vocab.words)
             out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
     finally:
         model.train(was_training)
@@ -136,10 +142,11 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
 
     ``resume`` continues an interrupted run from its phases' ``last.pt`` exactly (same losses on CPU);
     once SCST has a checkpoint, XE is finished. Returns the run summary (also ``out_dir/run.json``).
+    Under torchrun every rank calls this alike (see :mod:`butd.train.distributed`); rank 0 writes.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    info, device = ddp.setup(_device(cfg.device))
     store = FeatureStore(paths.features)
     images = load_karpathy(paths.captions)
     train_imgs = split_images(images, "train", cfg.data.train_splits)
@@ -148,10 +155,12 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         vocab = Vocab.load(out_dir / "vocab.json")
     else:
         vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
-        vocab.save(out_dir / "vocab.json")
+        if info.is_main:
+            vocab.save(out_dir / "vocab.json")
     import yaml
 
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
+    if info.is_main:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
     train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing)
     val_ds = None
     if val_imgs is not None:
@@ -161,36 +170,48 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
 
     torch.manual_seed(cfg.xe.seed)
     model = build_caption_model(cfg.model_name, len(vocab), store.feature_dim, cfg.model).to(device)
-    greedy = DecodeConfig(method="greedy", max_len=cfg.data.max_len)
+    greedy = DecodeConfig(method="greedy", max_len=cfg.decode.max_len)
     evaluate = None
     if val_ds is not None:
-        val_scorer = CiderD([im.refs for im in val_ds.images])
+        val_refs = {im.image_id: im.refs for im in val_ds.images}
+        val_scorer = CiderD(list(val_refs.values())) if info.is_main else None  # scores once, on rank 0
+        val_mine = Subset(val_ds, ddp.shard_indices(len(val_ds), info))
+
+        def _val_cider(items: list[Any]) -> dict[str, float]:
+            preds = dict(items)
+            return {"CIDEr-D": val_scorer.score({k: preds[k] for k in val_refs}, val_refs)[0]}
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            inner = m.model if isinstance(m, ScstObjective) else m
-            score = cider_of(inner, val_ds, vocab, val_scorer, greedy, cfg.eval_batch_size, device)
-            return {"CIDEr-D": score}
+            inner = m.model if isinstance(m, ScstObjective | ScheduledSampling) else m
+            preds = generate_captions(inner, val_mine, vocab, greedy, cfg.eval_batch_size, device)
+            return ddp.gathered_metrics(list(preds.items()), _val_cider)
 
     # every checkpoint is self-describing: config, vocabulary and the store it was trained on
     store_info = store_facts(store)
     meta = checkpoint_meta("caption", cfg.model_name, to_plain(cfg), vocab.words, store_info)
     summary: dict[str, Any] = {
         "skip_missing": skip_missing, "vocab_size": len(vocab), "train_images": len(train_ds.images),
-        "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0, "phases": {}}
+        "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0,
+        "world_size": info.world_size, "phases": {}}
     state: LoopState | None = None
     scst_ckpt = _last(out_dir / "scst") if resume else None
     if cfg.xe.epochs > 0 and scst_ckpt is not None:  # SCST had started: XE is finished
         summary["phases"]["xe"] = {"resumed": "finished in an earlier invocation"}
     elif cfg.xe.epochs > 0:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr)
-        state = fit(model, opt, train_ds, model.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
-                    resume=_last(out_dir / "xe") if resume else None,
+        ss = ScheduledSampling(model, cfg.scheduled_sampling)
+        state = fit(ss, opt, train_ds, ss.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
+                    callbacks=[ss], resume=_last(out_dir / "xe") if resume else None,
                     collate_fn=collate_captions, id_key="image_ids", device=device, echo=echo)
         weights = _best_into(model, out_dir / "xe" / "checkpoints")
         summary["phases"]["xe"] = {**asdict(state), "weights": weights}
     if cfg.scst.epochs > 0:
         scst_ds = CaptionDataset(train_ds.images, store, vocab, cfg.data, per_caption=False)
-        scorer = CiderD([im.refs for im in scst_ds.images])  # df from the training references
+        # df from the training references as the reward sees them (EOS or not): computed once on rank 0,
+        # the same arrays on every rank
+        eos = cfg.scst_objective.reward_eos
+        scorer = CiderD.from_arrays(ddp.share_array_state(
+            lambda: CiderD(reward_refs([im.refs for im in scst_ds.images], eos)).to_arrays()))
         objective = ScstObjective(model, scorer, vocab, cfg.scst_objective)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.scst.lr)
         state = fit(objective, opt, scst_ds, lambda out, batch: out, cfg.scst, out_dir / "scst",
@@ -201,14 +222,15 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
     if evaluate is not None:
         summary["val_cider_d"] = evaluate(model)["CIDEr-D"]
     last_phase = "scst" if cfg.scst.epochs > 0 else "xe"
-    (out_dir / "checkpoints").mkdir(exist_ok=True)
-    save_checkpoint(out_dir / "checkpoints" / "best.pt", model, None, step=state.step if state else 0,
-                    epoch=state.epoch if state else 0, meta=meta)
-    last = out_dir / last_phase / "checkpoints" / "last.pt"
-    if last.is_file():
-        shutil.copyfile(last, out_dir / "checkpoints" / "last.pt")
-    write_run(out_dir, task="caption", model=cfg.model_name,
-              data={"features": paths.features, "captions": paths.captions}, store=store_info, summary=summary)
+    if info.is_main:
+        (out_dir / "checkpoints").mkdir(exist_ok=True)
+        save_checkpoint(out_dir / "checkpoints" / "best.pt", model, None, step=state.step if state else 0,
+                        epoch=state.epoch if state else 0, meta=meta)
+        last = out_dir / last_phase / "checkpoints" / "last.pt"
+        if last.is_file():
+            shutil.copyfile(last, out_dir / "checkpoints" / "last.pt")
+        write_run(out_dir, task="caption", model=cfg.model_name,
+                  data={"features": paths.features, "captions": paths.captions}, store=store_info, summary=summary)
     return summary
 
 

@@ -11,71 +11,25 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from butd.registry import Entry, Registry
+from butd.errors import UserError
+from butd.train import distributed as ddp
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
 from butd.train.progress import Progress, TrainingInterrupted
+from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 
-__all__ = ["SCHEDULES", "Callback", "EarlyStopping", "EpochSampler", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "TrainingInterrupted", "fit", "lr_at"]
+CLIP_MODES = ("norm", "value")
 
-
-# --------------------------------------------------------------------------------------- LR schedules
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """LR schedule: ``name`` in SCHEDULES; steps are optimiser steps."""
-
-    name: str = "constant"
-    warmup_steps: int = 0
-    decay_start: int = 0  # warmup_step: first step of the first decay
-    decay_every: int = 0  # warmup_step: steps between decays (0 = never)
-    gamma: float = 0.25
-    min_lr: float = 0.0  # cosine floor
-
-
-def _warmup(step: int, cfg: ScheduleConfig) -> float:
-    return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-
-
-def lr_constant(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    return base * _warmup(step, cfg)
-
-
-def lr_warmup_step(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Linear warmup, then multiply by ``gamma`` every ``decay_every`` steps from ``decay_start``."""
-    decaying = cfg.decay_every > 0 and step >= cfg.decay_start
-    n = (step - cfg.decay_start) // cfg.decay_every + 1 if decaying else 0
-    return base * _warmup(step, cfg) * cfg.gamma**n
-
-
-def lr_cosine(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Linear warmup, then cosine from ``base`` to ``min_lr`` at the last step (``total`` - 1)."""
-    if step < cfg.warmup_steps:
-        return base * _warmup(step, cfg)
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - 1 - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
-
-
-# name -> Entry(config, ``(step, base_lr, cfg, total_steps) -> lr``); butd.registry style
-SCHEDULES = Registry("LR schedule", {
-    "constant": Entry(ScheduleConfig, lr_constant, "the base rate (after warmup)"),
-    "warmup_step": Entry(ScheduleConfig, lr_warmup_step,
-                         "linear warmup, then x gamma every decay_every steps from decay_start"),
-    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr")})
-
-
-def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int) -> float:
-    """Learning rate for optimiser step ``step`` (0-based) of ``total``."""
-    if cfg.name not in SCHEDULES:
-        raise ValueError(f"unknown LR schedule {cfg.name!r} (known: {', '.join(SCHEDULES)})")
-    return SCHEDULES[cfg.name](step, base, cfg, total)
+__all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "LoopConfig", "LoopState",
+           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "TrainingInterrupted", "effective_batch_size",
+           "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- loop pieces
@@ -85,8 +39,12 @@ class LoopConfig:
 
     epochs: int = 10
     batch_size: int = 512
+    # shrink the batch (never grow it) so that an epoch has at least this many steps (0 = off): the reference
+    # batch on a large set, enough updates on a small one (see effective_batch_size)
+    min_steps_per_epoch: int = 0
     lr: float = 2e-3
-    grad_clip: float = 0.25  # max global grad norm; 0 = off
+    grad_clip: float = 0.25  # max global grad norm (clip_mode "norm") or max |g| ("value"); 0 = off
+    clip_mode: str = "norm"  # norm (torch clip_grad_norm_) | value (clip_grad_value_, elementwise)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
     num_workers: int = 0
@@ -109,6 +67,8 @@ class LoopState:
     best_epoch: int = -1
     bad_epochs: int = 0
     stopped: str = ""
+    loss_sum: float = 0.0  # this epoch's logged losses so far (a resumed epoch reports the whole epoch's mean)
+    loss_steps: int = 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,30 +81,11 @@ class NonFiniteLossError(RuntimeError):
         self.step, self.batch_ids, self.value = step, batch_ids, value
 
 
-class EpochSampler(Sampler[int]):
-    """Permutation that depends only on (seed, epoch); ``skip`` drops the first indices (mid-epoch resume)."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            order = torch.randperm(self.n, generator=gen)
-        else:
-            order = torch.arange(self.n)
-        return iter(order[self.skip :].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.n - self.skip)
-
-
 class Callback:
     """Hooks; ``on_epoch_end`` returning True stops training."""
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        pass
 
     def on_step(self, state: LoopState, logs: dict[str, float]) -> None:
         pass
@@ -176,10 +117,12 @@ class EarlyStopping(Callback):
 class MetricsLogger:
     """Appends JSON lines to ``out_dir/metrics.jsonl``, echoes to the console, mirrors to TensorBoard."""
 
-    def __init__(self, out_dir: Path, echo: Callable[[str], None] | None = print) -> None:
+    def __init__(self, out_dir: Path, echo: Callable[[str], None] | None = print, enabled: bool = True) -> None:
         self.path = out_dir / "metrics.jsonl"
-        self.echo = echo
+        self.echo, self.enabled = echo, enabled  # disabled on every rank but 0
         self.tb = None
+        if not enabled:
+            return
         try:  # optional dependency
             from torch.utils.tensorboard import SummaryWriter
 
@@ -188,6 +131,8 @@ class MetricsLogger:
             self.tb = None
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"kind": kind, "step": step, **values}
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -215,6 +160,29 @@ def _batch_ids(batch: dict[str, Any], key: str) -> list[int]:
     return [int(i) for i in ids] if isinstance(ids, torch.Tensor) else list(ids or [])
 
 
+def effective_batch_size(n: int, config: LoopConfig, world_size: int = 1) -> int:
+    """The global batch: ``config.batch_size``, or less when ``n`` examples would give fewer than
+    ``min_steps_per_epoch`` steps; a reduced batch is rounded down to a multiple of ``world_size``."""
+    if config.min_steps_per_epoch <= 0 or n <= 0 or n // config.min_steps_per_epoch >= config.batch_size:
+        return config.batch_size
+    small = max(1, n // config.min_steps_per_epoch)
+    return max(world_size, small - small % world_size)
+
+
+def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
+    """Clip gradients as configured; returns the global gradient norm before clipping."""
+    if config.clip_mode not in CLIP_MODES:
+        raise UserError(f"unknown clip_mode {config.clip_mode!r}", "loop.clip_mode",
+                        f"use one of {', '.join(CLIP_MODES)}", usage=True)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if config.clip_mode == "norm" and config.grad_clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+    norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+    if config.clip_mode == "value" and config.grad_clip > 0:
+        torch.nn.utils.clip_grad_value_(params, config.grad_clip)
+    return norm
+
+
 # --------------------------------------------------------------------------------------- the loop
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
         loss_fn: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
@@ -230,10 +198,17 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     ``evaluate(model)`` runs after each epoch; its ``config.monitor`` value picks ``best.pt``.
     Checkpoints (``out_dir/checkpoints/{last,best}.pt``) carry ``meta`` (config, vocab, manifest...).
     Raises :class:`NonFiniteLossError` on NaN/inf loss or gradients, leaving ``last.pt`` untouched.
+
+    Under torchrun (see :mod:`butd.train.distributed`) every rank calls ``fit`` alike: ``config.batch_size``
+    is the global batch, the model is wrapped in DDP, logged values are averaged over ranks, and rank 0 alone
+    writes. A ``loss_weight`` entry (e.g. the token count of a token-mean loss) weighs each rank's loss by
+    its share of the global total, so the gradient equals the single-process one.
     """
-    out_dir, device = Path(out_dir), torch.device(device)
+    out_dir, device, info = Path(out_dir), torch.device(device), ddp.current()
     ckpt_dir = out_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ddp.check_shared_dir(out_dir)
     state = LoopState()
     model.to(device)  # before loading optimiser state, which follows its parameters' device
     if resume is not None:
@@ -244,49 +219,59 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
         if state.stopped == "max_steps":  # a step budget ends one invocation, not the run
             state.stopped = ""
         restore_rng(resume.rng)
+        note = ddp.restore_rank_rng(resume.meta.get("rank_rng"), info, config.seed, state.step)
+        if note and echo is not None and info.is_main:
+            echo(note)
     callbacks = list(callbacks)
-    sampler = EpochSampler(len(dataset), config.seed)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
-                        num_workers=config.num_workers, collate_fn=collate_fn,
+    sampler = ddp.ShardedEpochSampler(len(dataset), config.seed, info.rank, info.world_size)  # type: ignore
+    batch_size = effective_batch_size(len(dataset), config, info.world_size)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=ddp.per_rank_batch(batch_size, info.world_size),
+                        sampler=sampler, num_workers=config.num_workers, collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(config.seed))
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(sampler.total / batch_size)
     total = steps_per_epoch * config.epochs
-    progress = Progress(echo)
-    progress.banner(examples=len(dataset), batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,  # type: ignore[arg-type]
+    progress = Progress(echo if info.is_main else None)
+    progress.banner(examples=len(dataset), batch_size=batch_size, steps_per_epoch=steps_per_epoch,  # type: ignore
                     epochs=config.epochs, device=device, parameters=sum(p.numel() for p in model.parameters()),
                     epoch=state.epoch, step=state.step, name=out_dir.name)
-    logger = MetricsLogger(out_dir, progress.write if echo is not None else None)
+    logger = MetricsLogger(out_dir, progress.write if echo is not None else None, enabled=info.is_main)
     sign = 1.0 if config.monitor_mode == "max" else -1.0
+    net = ddp.wrap_model(model, info, device)
     saved = (state.epoch, state.step, resume is not None)  # where last.pt is (the resume point)
     updating = False  # between optimizer.step() and the state update: the model is ahead of `state`
 
     def checkpoint(name: str) -> None:
         nonlocal saved
-        save_checkpoint(ckpt_dir / name, model, optimizer, step=state.step, epoch=state.epoch,
-                        meta={**(meta or {}), "loop": dataclasses.asdict(state)})
+        rank_rng = ddp.rank_rng_states()  # collective: every rank takes part, rank 0 writes
+        if info.is_main:
+            save_checkpoint(ckpt_dir / name, model, optimizer, step=state.step, epoch=state.epoch,
+                            meta={**(meta or {}), "loop": dataclasses.asdict(state), "rank_rng": rank_rng,
+                                  "world_size": info.world_size})
         if name == "last.pt":
             saved = (state.epoch, state.step, True)
 
     try:
         while state.epoch < config.epochs and not state.stopped:
             model.train()
-            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
-            t0, running, seen = time.perf_counter(), 0.0, 0
+            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * batch_size)
+            t0 = time.perf_counter()
+            for cb in callbacks:
+                cb.on_epoch_start(state)
             progress.start_epoch(state.epoch, state.batch_in_epoch)
             for batch in loader:
                 batch = _to_device(batch, device)
-                lr = lr_at(state.step, config.lr, config.schedule, total)
+                lr = lr_at(state.step, config.lr, config.schedule, total, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                outputs = model(batch)
+                outputs = net(batch)
                 losses = loss_fn(outputs if isinstance(outputs, dict) else {"logits": outputs}, batch)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), float(loss.detach()))
+                loss, weight = losses["loss"], float(losses.pop("loss_weight", 1.0))
+                logs, scale = ddp.reduce_step(losses, weight, info)
+                if not math.isfinite(logs["loss"]):  # every rank sees the global value and stops together
+                    raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), logs["loss"])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                (loss * scale if scale != 1.0 else loss).backward()
+                grad_norm = _clip(model, config)
                 if not math.isfinite(grad_norm):
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
                 updating = True
@@ -294,9 +279,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                 state.step += 1
                 state.batch_in_epoch += 1
                 updating = False
-                running, seen = running + float(loss.detach()), seen + 1
-                progress.step(float(loss.detach()))
-                logs = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in losses.items()}
+                state.loss_sum, state.loss_steps = state.loss_sum + logs["loss"], state.loss_steps + 1
+                progress.step(logs["loss"])
                 logs |= {"lr": lr, "grad_norm": grad_norm}
                 for cb in callbacks:
                     cb.on_step(state, logs)
@@ -310,12 +294,13 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             if state.stopped:
                 checkpoint("last.pt")
                 break
-            progress.end_epoch(state.epoch, state.batch_in_epoch, running / max(1, seen))
-            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": running / max(1, seen),
+            progress.end_epoch(state.epoch, state.batch_in_epoch, state.loss_sum / max(1, state.loss_steps))
+            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "batch_size": batch_size,
+                                          "train_loss": state.loss_sum / max(1, state.loss_steps),
                                           "epoch_seconds": time.perf_counter() - t0}
             metrics = evaluate(model) if evaluate is not None else {}
             epoch_logs.update(metrics)
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            state.epoch, state.batch_in_epoch, state.loss_sum, state.loss_steps = state.epoch + 1, 0, 0.0, 0
             improved = config.monitor in metrics and (
                 state.best is None or sign * float(metrics[config.monitor]) > sign * state.best
             )
@@ -336,10 +321,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
         raise
     except KeyboardInterrupt:  # Ctrl-C: keep the work done so far (unless it came mid-update) for --resume
         progress.close()
-        if not updating:
+        if not updating and info.world_size == 1:  # under DDP saving is collective: keep the last saved
             checkpoint("last.pt")
         raise TrainingInterrupted(*saved) from None
     finally:
         progress.close()
         logger.close()
+    ddp.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return state

@@ -5,6 +5,11 @@ For each image, ``samples`` captions are drawn from the model; each gets the rew
 
     L = - sum_{n,t} (r_n - b_n) * log p(w_{n,t}) * valid_{n,t} / sum_{n,t} valid_{n,t}
 
+With ``reward_eos`` (the default, as self-critical.pytorch: its ``array_to_str`` keeps the end token of a sample
+and its cached document frequencies come from references with ``<eos>`` appended) a sample that ended is
+scored with a final "<eos>" word against references that end with one, so stopping early is rewarded only
+where the references stop; the scorer's document frequencies must then come from :func:`reward_refs`.
+
 Baselines (registry :data:`SCST_BASELINES`): ``greedy`` = reward of the model's own greedy caption
 (test-time inference, computed in eval mode without gradients); ``mean`` = mean reward of the image's other
 samples. :class:`ScstObjective` wraps a caption model so that the generic loop (``butd.train.loop.fit``)
@@ -20,13 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from butd.datasets.vocab import PAD, Vocab
+from butd.datasets.vocab import EOS, PAD, Vocab
 from butd.evaluate.cider import CiderD
 from butd.models.caption_base import CaptionModel
 from butd.models.decoding import greedy_decode, sample_decode
 from butd.registry import Entry, Registry
 
-__all__ = ["SCST_BASELINES", "ScstConfig", "ScstObjective", "tokens_to_text"]
+__all__ = ["EOS_WORD", "SCST_BASELINES", "ScstConfig", "ScstObjective", "reward_refs", "reward_texts",
+           "tokens_to_text"]
+
+EOS_WORD = "<eos>"
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,23 @@ class ScstConfig:
 
     baseline: str = "greedy"  # a key of SCST_BASELINES
     samples: int = 5  # sampled captions per image
-    max_len: int = 16
+    max_len: int = 20  # tokens per sample, EOS included (self-critical max_length)
     temperature: float = 1.0
+    reward_eos: bool = True  # score the end token too (self-critical.pytorch); False drops it on both sides
+
+
+def reward_texts(tokens: torch.Tensor, vocab: Vocab, reward_eos: bool) -> list[str]:
+    """Captions of token rows [N, T] as the reward sees them: "... <eos>" for rows that ended."""
+    texts = tokens_to_text(tokens, vocab)
+    if not reward_eos:
+        return texts
+    ended = (tokens == EOS).any(1).tolist()
+    return [f"{t} {EOS_WORD}".strip() if e else t for t, e in zip(texts, ended, strict=True)]
+
+
+def reward_refs(refs: Sequence[Sequence[str]], reward_eos: bool) -> list[list[str]]:
+    """Reference captions as the reward sees them (each ends with "<eos>" when ``reward_eos``)."""
+    return [[f"{r} {EOS_WORD}" if reward_eos else r for r in rs] for rs in refs]
 
 
 def tokens_to_text(tokens: torch.Tensor, vocab: Vocab) -> list[str]:
@@ -52,7 +75,8 @@ def _greedy_baseline(obj: ScstObjective, batch: Mapping[str, Any], rewards: torc
         greedy = greedy_decode(obj.model, batch["features"], batch["mask"], obj.config.max_len)["tokens"]
     finally:
         obj.model.train(was_training)
-    _, scores = obj.scorer.score_lists(tokens_to_text(greedy, obj.vocab), batch["refs"])
+    refs = reward_refs(batch["refs"], obj.config.reward_eos)
+    _, scores = obj.scorer.score_lists(reward_texts(greedy, obj.vocab, obj.config.reward_eos), refs)
     return torch.as_tensor(scores, dtype=rewards.dtype, device=rewards.device).unsqueeze(1).expand_as(rewards)
 
 
@@ -74,7 +98,7 @@ class ScstObjective(nn.Module):
     """``forward(batch) -> {"loss", "reward", "baseline", "advantage_std"}`` for a per-image batch.
 
     batch: feats [B, K, D], mask [B, K], refs (B lists of reference strings). The scorer is built once from
-    the training references and passed in.
+    the training references as :func:`reward_refs` gives them and passed in.
     """
 
     def __init__(self, model: CaptionModel, scorer: CiderD, vocab: Vocab, config: ScstConfig = ScstConfig()
@@ -97,9 +121,9 @@ class ScstObjective(nn.Module):
 
     def rewards(self, tokens: torch.Tensor, refs: Sequence[Sequence[str]]) -> torch.Tensor:
         """CIDEr-D of sampled rows [B*n, T] (image-major) against their image's refs -> [B, n]."""
-        n = self.config.samples
-        refs_rep = [r for r in refs for _ in range(n)]
-        _, scores = self.scorer.score_lists(tokens_to_text(tokens, self.vocab), refs_rep)
+        n, eos = self.config.samples, self.config.reward_eos
+        refs_rep = [r for r in reward_refs(refs, eos) for _ in range(n)]
+        _, scores = self.scorer.score_lists(reward_texts(tokens, self.vocab, eos), refs_rep)
         return torch.as_tensor(scores, dtype=torch.float32, device=tokens.device).view(len(refs), n)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -113,5 +137,5 @@ class ScstObjective(nn.Module):
         adv = (rewards - base).reshape(-1, 1)
         valid = (tokens != PAD).to(logprobs.dtype)
         loss = -(adv * logprobs * valid).sum() / valid.sum().clamp_min(1.0)
-        return {"loss": loss, "reward": rewards.mean(), "baseline": base.mean(),
+        return {"loss": loss, "loss_weight": valid.sum(), "reward": rewards.mean(), "baseline": base.mean(),
                 "advantage_std": adv.std() if adv.numel() > 1 else adv.sum() * 0}

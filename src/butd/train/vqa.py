@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from butd.config import load_config as _load_config
 from butd.config import to_plain
@@ -24,6 +24,7 @@ from butd.datasets.vqa import (
     VQADataset,
     VQAExample,
     build_answer_set,
+    candidate_examples,
     join_store,
     load_vqa,
 )
@@ -31,6 +32,7 @@ from butd.evaluate.vqa_accuracy import vqa_accuracy
 from butd.models.registry import MODELS, task_of
 from butd.models.updown_vqa import UpDownVQAConfig, load_glove, vqa_loss
 from butd.shards import FeatureStore
+from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
 from butd.train.progress import terminal_bar
@@ -57,7 +59,10 @@ class VQATrainConfig:
     model_name: str = "vqa"  # a VQA model of butd.models.registry.MODELS
     model: UpDownVQAConfig = field(default_factory=UpDownVQAConfig)
     data: VQADataConfig = field(default_factory=VQADataConfig)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=13, batch_size=512, lr=2e-3))
+    # bottom-up-attention-vqa (main.py, train.py): 30 epochs, batch 512, Adamax at its default 2e-3, constant,
+    # global-norm clip 0.25; butd: an epoch has >= 50 steps (smaller batches on small sets, see RECIPES.md)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        epochs=30, batch_size=512, min_steps_per_epoch=50, lr=2e-3, grad_clip=0.25, clip_mode="norm"))
     optimizer: str = "adamax"
     weight_decay: float = 0.0
     eval_batch_size: int = 512
@@ -108,18 +113,17 @@ def prepare_data(
     if val:
         val, reports["val"] = join_store(val, store, cfg.data.skip_missing)
     vocab = vocab or Vocab.build(train)
-    labelled_val = [ex for ex in val if ex.answers]
     answers = (
         list(answers)
         if answers is not None
-        else build_answer_set(train + labelled_val, cfg.data.min_answer_count)
+        else build_answer_set(candidate_examples(train, val, cfg.data.answers_from), cfg.data.min_answer_count)
     )
     train_ds = VQADataset(train, store, vocab, answers, cfg.data)
     val_ds = VQADataset(val, store, vocab, answers, cfg.data) if val else None
     return train_ds, val_ds, vocab, answers, reports
 
 
-def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -131,13 +135,15 @@ def _loader(dataset: VQADataset, batch_size: int, num_workers: int = 0) -> DataL
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu"
+    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu",
+    indices: Sequence[int] | None = None,
 ) -> dict[int, str]:
-    """Best answer per question id."""
+    """Best answer per question id (of the examples at ``indices`` only, when given: one rank's shard)."""
     was_training = model.training
     model.eval()
     out: dict[int, str] = {}
-    for batch in terminal_bar(_loader(dataset, batch_size), "answering"):
+    for batch in terminal_bar(_loader(dataset if indices is None else Subset(dataset, list(indices)), batch_size),
+                              "answering"):
         batch = {k: v.to(device) for k, v in batch.items()}
         best = model(batch)["logits"].argmax(dim=1).tolist()
         for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
@@ -190,7 +196,10 @@ def train_vqa(
     resume: bool = False,
     echo: Callable[[str], None] | None = print,
 ) -> LoopState:
-    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt)."""
+    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt).
+
+    Under torchrun every rank calls this alike (see :mod:`butd.train.distributed`); rank 0 writes."""
+    info, device = ddp.setup(_resolve_device(cfg.device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
@@ -198,11 +207,10 @@ def train_vqa(
     answers = ckpt.meta["answers"] if ckpt else None
     train_ds, val_ds, vocab, answers, reports = prepare_data(cfg, paths, vocab, answers)
     for split, rep in reports.items():
-        if rep["missing_questions"] and echo:
+        if rep["missing_questions"] and echo and info.is_main:
             echo(f"{split}: skipped {rep['missing_questions']} question(s) on {rep['missing_images']} "
                  "image(s) missing from the feature store")
     torch.manual_seed(cfg.loop.seed)
-    device = _resolve_device(cfg.device)
     model = _build_model(cfg, vocab, answers, train_ds.feature_dim, paths.glove)
     if ckpt is None and hasattr(model, "init_answer_bias"):
         model.init_answer_bias(train_ds.answer_prior())
@@ -210,22 +218,30 @@ def train_vqa(
     optimizer = OPTIMIZERS[cfg.optimizer](params, lr=cfg.loop.lr, weight_decay=cfg.weight_decay)
     import yaml
 
-    (out / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
     store = store_facts(train_ds.store)
-    write_run(out, task="vqa", model=cfg.model_name, store=store, data_report=reports,
-              num_answers=len(answers), vocab_size=len(vocab),
-              data={"features": paths.features, "questions": paths.questions, "annotations": paths.annotations,
-                    "val_questions": paths.val_questions, "val_annotations": paths.val_annotations,
-                    "glove": paths.glove})
-    _write_json(out / "answers.json", answers)
-    write_words(out / "vocab.json", vocab.words, "question")
+    if info.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
+        write_run(out, task="vqa", model=cfg.model_name, store=store, data_report=reports,
+                  num_answers=len(answers), vocab_size=len(vocab), world_size=info.world_size,
+                  data={"features": paths.features, "questions": paths.questions,
+                        "annotations": paths.annotations, "val_questions": paths.val_questions,
+                        "val_annotations": paths.val_annotations, "glove": paths.glove})
+        _write_json(out / "answers.json", answers)
+        write_words(out / "vocab.json", vocab.words, "question")
     meta = checkpoint_meta("vqa", cfg.model_name, to_plain(cfg), vocab.words, store, answers=answers)
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        if val_ds is None or not any(ex.answers for ex in val_ds.examples):
-            return {}
-        res, _ = evaluate_dataset(m, val_ds, cfg.eval_batch_size, device)
+    anns = _annotations(val_ds.examples) if val_ds is not None else []
+    val_mine = ddp.shard_indices(len(val_ds), info) if val_ds is not None else []
+
+    def _val_accuracy(items: list[Any]) -> dict[str, float]:  # once, over every rank's predictions
+        res = vqa_accuracy(dict(items), anns, question_ids=[a["question_id"] for a in anns])
         return {"accuracy": res["overall"], **{f"acc_{k}": v for k, v in res["per_answer_type"].items()}}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        if val_ds is None or not anns:
+            return {}
+        preds = predict(m, val_ds, cfg.eval_batch_size, device, indices=val_mine)
+        return ddp.gathered_metrics([[q, a] for q, a in preds.items()], _val_accuracy)
 
     def loss_fn(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": vqa_loss(outputs["logits"], batch["target"])}
@@ -293,9 +309,10 @@ def split_files(run: str | Path, info: dict[str, Any], split: str,
 def eval_run(
     run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print, *,
     features: str | None = None, questions: Sequence[str] | None = None,
-    annotations: Sequence[str] | None = None, device: str | torch.device = "cpu",
+    annotations: Sequence[str] | None = None, device: str | torch.device = "cpu", version: str = "2017",
 ) -> dict[str, Any]:
-    """Evaluate a run on its ``split`` ("val" or "train").
+    """Evaluate a run on its ``split`` ("val" or "train") with the official evaluator ``version``
+    ("2017" or "master", see butd.evaluate.vqa_accuracy).
 
     Writes eval_<split>.json and results_<split>.json (official results format)."""
     run = Path(run)
@@ -310,11 +327,12 @@ def eval_run(
     anns = _annotations(examples)
     result: dict[str, Any] = {"split": split, "data": report}
     if anns:
-        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns]))
+        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns], version=version))
     _write_json(run / f"eval_{split}.json", result)
     _write_json(run / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in preds.items()])
     if echo is not None and anns:
-        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions")
+        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions "
+             f"(official evaluator, {version} rules)")
         for k, v in sorted(result["per_answer_type"].items()):
             echo(f"  {k:8s} {v:.2f}")
     return result

@@ -1,0 +1,73 @@
+"""LR schedules in epochs/fractions, self-critical's step decay and scheduled sampling, clipping modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from butd.train.loop import LoopConfig, _clip
+from butd.train.schedules import ScheduleConfig, ScheduledSamplingConfig, lr_at, scheduled_sampling_prob
+
+
+def test_step_decay_matches_self_critical_per_epoch() -> None:
+    # self-critical.pytorch updown.yml: lr 5e-4, decay from epoch 0, x0.8 every 3 epochs
+    cfg = ScheduleConfig(name="step", unit="epochs", decay_start=0, decay_every=3, gamma=0.8)
+    spe = 7
+    per_epoch = [lr_at(e * spe + 3, 5e-4, cfg, 30 * spe, spe) for e in range(10)]
+    expected = [5e-4 * 0.8 ** (e // 3) for e in range(10)]
+    assert per_epoch == pytest.approx(expected)
+    # constant inside an epoch
+    assert lr_at(3 * spe, 1.0, cfg, 30 * spe, spe) == lr_at(4 * spe - 1, 1.0, cfg, 30 * spe, spe) == 0.8
+
+
+def test_warmup_in_fractions_scales_with_the_run() -> None:
+    cfg = ScheduleConfig(name="warmup_step", unit="fraction", warmup=0.1, decay_start=0.6, decay_every=0.2,
+                         gamma=0.25)
+    # a 100-step run: 10 warmup steps, decays at 60 and 80; most of it at full lr
+    lrs = [lr_at(s, 1.0, cfg, 100, 10) for s in range(100)]
+    assert lrs[9] == 1.0 and lrs[0] == pytest.approx(0.1)
+    assert sum(lr == 1.0 for lr in lrs) == 51  # steps 9..59
+    assert lrs[60] == 0.25 and lrs[80] == 0.0625
+    # the same numbers in steps would leave a 100-step run entirely inside a 1000-step warmup
+    steps = ScheduleConfig(name="warmup_step", unit="steps", warmup=1000, decay_start=8000, decay_every=2000)
+    assert max(lr_at(s, 1.0, steps, 100, 10) for s in range(100)) <= 0.1
+
+
+def test_unknown_unit_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown schedule unit"):
+        lr_at(0, 1.0, ScheduleConfig(unit="minutes"), 10)
+
+
+def test_scheduled_sampling_follows_self_critical() -> None:
+    cfg = ScheduledSamplingConfig(start=0, increase_every=5, increase_prob=0.05, max_prob=0.25)
+    got = [scheduled_sampling_prob(e, cfg) for e in (0, 4, 5, 9, 10, 24, 25, 40)]
+    assert got == pytest.approx([0, 0, 0.05, 0.05, 0.10, 0.20, 0.25, 0.25])
+    assert scheduled_sampling_prob(30, ScheduledSamplingConfig()) == 0.0  # off by default
+
+
+def _grads(values: list[float]) -> torch.nn.Module:
+    m = torch.nn.Linear(len(values), 1, bias=False)
+    m.weight.grad = torch.tensor([values])
+    return m
+
+
+def test_clip_by_value_is_elementwise_and_by_norm_is_global() -> None:
+    m = _grads([0.05, -0.3, 2.0])
+    norm = _clip(m, LoopConfig(grad_clip=0.1, clip_mode="value"))
+    assert norm == pytest.approx((0.05**2 + 0.09 + 4.0) ** 0.5)
+    assert m.weight.grad.tolist() == [pytest.approx([0.05, -0.1, 0.1])]
+    m = _grads([0.0, 3.0, 4.0])
+    _clip(m, LoopConfig(grad_clip=0.1, clip_mode="norm"))
+    assert m.weight.grad.tolist() == [pytest.approx([0.0, 0.06, 0.08], rel=1e-4)]
+    with pytest.raises(ValueError, match="unknown clip_mode"):
+        _clip(m, LoopConfig(clip_mode="both"))
+
+
+def test_min_steps_per_epoch_shrinks_the_batch_on_small_sets_only() -> None:
+    from butd.train.loop import effective_batch_size
+
+    cfg = LoopConfig(batch_size=512, min_steps_per_epoch=50)
+    assert effective_batch_size(443_757, cfg) == 512  # VQA v2 train: the reference batch
+    assert effective_batch_size(2_000, cfg) == 40  # a toy set: 50 steps an epoch
+    assert effective_batch_size(10, cfg) == 1
+    assert effective_batch_size(2_000, LoopConfig(batch_size=512)) == 512  # off by default
