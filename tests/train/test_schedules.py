@@ -71,3 +71,30 @@ def test_min_steps_per_epoch_shrinks_the_batch_on_small_sets_only() -> None:
     assert effective_batch_size(2_000, cfg) == 40  # a toy set: 50 steps an epoch
     assert effective_batch_size(10, cfg) == 1
     assert effective_batch_size(2_000, LoopConfig(batch_size=512)) == 512  # off by default
+
+
+def test_scheduled_sampling_feeds_sampled_words_only_when_on() -> None:
+    """prob 0 is teacher forcing; prob 1 feeds a word sampled from the previous step (never PAD or BOS),
+    so later logits change while the first step's cannot."""
+    import torch
+
+    from butd.models.registry import build_caption_model
+    from butd.train.scheduled_sampling import ScheduledSampling
+
+    torch.manual_seed(0)
+    model = build_caption_model("updown", 11, 8, {"embed_dim": 16, "hidden_dim": 24, "att_dim": 12,
+                                                  "dropout": 0.0})
+    batch = {"features": torch.randn(4, 5, 8), "mask": torch.ones(4, 5, dtype=torch.bool),
+             "captions": torch.tensor([[1, 4, 5, 6, 7, 2]] * 4)}
+    ss = ScheduledSampling(model, ScheduledSamplingConfig(start=0)).train()
+    torch.testing.assert_close(ss(batch)["logits"], model(batch)["logits"])  # prob 0: teacher forcing
+    fed: list[torch.Tensor] = []
+    ss.prob = 1.0
+    feed = ss._feed
+    ss._feed = lambda t, words, prev: fed.append(feed(t, words, prev)) or fed[-1]  # type: ignore[method-assign]
+    out = ss(batch)
+    ref = model(batch)
+    torch.testing.assert_close(out["logits"][:, 0], ref["logits"][:, 0])
+    assert len(fed) == 4 and all(bool((w >= 2).all()) for w in fed)
+    assert any(not torch.equal(w, batch["captions"][:, t + 1]) for t, w in enumerate(fed))
+    assert not torch.allclose(out["logits"][:, 1:], ref["logits"][:, 1:])

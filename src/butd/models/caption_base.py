@@ -12,6 +12,7 @@ Every caption model works on a set of K feature vectors (regions, or the H*W cel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 __all__ = ["PAD", "CaptionModel", "State", "masked_mean"]
 
 State = dict[str, torch.Tensor]
+Feed = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (t, words [B], prev logits [B, V]) -> words
 PAD = 0  # same as butd.datasets.vocab.PAD (models do not import the data package)
 
 
@@ -51,12 +53,18 @@ class CaptionModel(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Teacher forcing: logits [B, T, V], attn [B, T, K], targets [B, T], stacked extras [B, T]."""
+        return self.unroll(batch)
+
+    def unroll(self, batch: dict[str, Any], feed: Feed | None = None) -> dict[str, torch.Tensor]:
+        """Teacher forcing over ``batch["captions"]``; ``feed(t, words [B], prev_logits [B, V]) -> words [B]``
+        may replace the ground-truth input word of step t >= 1 (scheduled sampling)."""
         feats, mask, caps = batch["features"], batch["mask"], batch["captions"]
         inputs, targets = caps[:, :-1], caps[:, 1:]
         state = self.init_state(feats, mask)
         logits, attns, extras = [], [], []
         for t in range(inputs.size(1)):
-            lg, state, attn, ex = self.step_logits(inputs[:, t], state, feats, mask)
+            words = inputs[:, t] if feed is None or t == 0 else feed(t, inputs[:, t], logits[-1])
+            lg, state, attn, ex = self.step_logits(words, state, feats, mask)
             logits.append(lg)
             attns.append(attn)
             extras.append(ex)

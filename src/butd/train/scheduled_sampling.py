@@ -46,25 +46,14 @@ class ScheduledSampling(nn.Module, Callback):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if not self.training or self.prob <= 0.0:
             return self.model(batch)
-        feats, mask, caps = batch["features"], batch["mask"], batch["captions"]
-        inputs, targets = caps[:, :-1], caps[:, 1:]
-        state = self.model.init_state(feats, mask)
-        logits, attns, extras = [], [], []
-        for t in range(inputs.size(1)):
-            tokens = inputs[:, t]
-            if t > 0:
-                swap = torch.rand(tokens.shape, device=tokens.device) < self.prob
-                if bool(swap.any()):
-                    prev = logits[-1].detach().clone()
-                    prev[:, :2] = float("-inf")  # PAD and BOS are never fed as words
-                    probs = torch.softmax(prev, dim=-1)
-                    sampled = torch.multinomial(probs, 1).squeeze(1)
-                    tokens = torch.where(swap, sampled, tokens)
-            lg, state, attn, ex = self.model.step_logits(tokens, state, feats, mask)
-            logits.append(lg)
-            attns.append(attn)
-            extras.append(ex)
-        out = {"logits": torch.stack(logits, 1), "attn": torch.stack(attns, 1), "targets": targets}
-        for key in extras[0] if extras else ():
-            out[key] = torch.stack([ex[key] for ex in extras], 1)
-        return out
+        return self.model.unroll(batch, self._feed)
+
+    def _feed(self, t: int, words: torch.Tensor, prev_logits: torch.Tensor) -> torch.Tensor:
+        """Each ground-truth word, with probability ``prob``, replaced by one sampled from the previous step."""
+        swap = torch.rand(words.shape, device=words.device) < self.prob
+        if not bool(swap.any()):
+            return words
+        prev = prev_logits.detach().clone()
+        prev[:, :2] = float("-inf")  # PAD and BOS are never fed as words
+        sampled = torch.multinomial(torch.softmax(prev, dim=-1), 1).squeeze(1)
+        return torch.where(swap, sampled, words)
