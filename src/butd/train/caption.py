@@ -230,7 +230,8 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         if last.is_file():
             shutil.copyfile(last, out_dir / "checkpoints" / "last.pt")
         write_run(out_dir, task="caption", model=cfg.model_name,
-                  data={"features": paths.features, "captions": paths.captions}, store=store_info, summary=summary)
+                  data={"features": paths.features, "captions": paths.captions}, store=store_info,
+                  world_size=info.world_size, summary=summary)
     return summary
 
 
