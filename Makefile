@@ -54,6 +54,7 @@ extract: .venv
 # make train MODEL=updown|sat-soft|sat-hard|vqa — on the toy world unless DATASET= (with ROOT=, using
 # the store `make extract` wrote) or FEATURES= (+ CAPTIONS= or QUESTIONS=/ANNOTATIONS=/VAL_ARGS=) point at
 # real data; CONFIG= overrides the YAML (toy: small settings; real data: configs/$(MODEL).yaml, the papers').
+# An existing RUN is never replaced silently: rerun with TRAIN_ARGS=--resume (continue) or --overwrite.
 MODEL ?= updown
 TOY ?= data/toy
 RUN ?= runs/$(MODEL)

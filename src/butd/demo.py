@@ -60,7 +60,7 @@ class _Steps:
 def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = None) -> dict:
     """Run every stage on a fresh toy world in `out`; returns the headline numbers."""
     from butd.datasets.toy import ToyConfig, make_toy_world
-    from butd.evaluate.report import render_attention, write_report
+    from butd.evaluate.report import write_report
     from butd.extract.registry import extractor_config
     from butd.extract.runner import run_extraction
     from butd.extract.sources import iter_source
@@ -126,11 +126,7 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
                vqa.predict, runs / "vqa", val_image, question, device=device)
     for a, s in zip(res["answers"], res["scores"]):
         echo(f"{s:6.3f}  {a}")
-    from PIL import Image
-
-    with Image.open(val_image) as im:
-        render_attention(im.convert("RGB"), res["attention"], boxes=res.get("boxes"),
-                         grid=res.get("grid")).save(out / "answer_attention.png")
+    vqa.answer_picture(val_image, question, res).save(out / "answer_attention.png")
 
     console.rule("[bold]6. HTML reports with the attention of every word")
     for run, task in (("updown", "caption"), ("sat-soft", "caption"), ("vqa", "vqa")):

@@ -54,8 +54,9 @@ def test_karpathy_splits(toy) -> None:
     assert len(train) == sum(im["split"] in ("train", "restval") for im in raw)
     assert any(im.split == "restval" for im in train)
     assert {im.split for im in split_images(images, "val")} == {"val"}
-    with pytest.raises(CaptionDataError, match="empty"):
+    with pytest.raises(CaptionDataError, match="no images") as info:
         split_images(images, "nosuchsplit")
+    assert info.value.usage and "--split nosuchsplit" in info.value.line()
 
 
 def test_flickr_ids_and_raw_only(tmp_path) -> None:

@@ -20,6 +20,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 ray = pytest.importorskip("ray")
 
+from butd.errors import UserError  # noqa: E402
 from butd.extract.registry import extractor_config  # noqa: E402
 from butd.extract.runner import FAILURES_NAME, run_extraction, start_local_ray  # noqa: E402
 from butd.extract.sources import iter_source  # noqa: E402
@@ -95,8 +96,8 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     out = tmp_path / "store"
     args = ["--dataset", "folder", "--root", str(photos), "--extractor", "effnetlite0", "--image-size", "96",
             "--out", str(out), "--workers", "1", "--shard-size", "2", "--batch-size", "2", "--no-progress"]
-    res = CliRunner().invoke(main, ["extract", *args])
-    assert res.exit_code == 0, res.output + repr(res.exception)
+    res = CliRunner().invoke(main, ["extract", *args, "--json"])
+    assert res.exit_code == 3, res.output + repr(res.exception)  # 3: some images could not be read
     assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
     assert res.stderr.count("device: cpu (1 model actor(s))") == 1  # --device auto, the choice said once
     summary = json.loads(res.stdout.strip().splitlines()[0])
@@ -113,10 +114,10 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     fails = [json.loads(x) for x in (out / FAILURES_NAME).read_text().splitlines()]
     assert [f["image_id"] for f in fails] == ["text", "truncated", "zero"]
     assert all(f["reason"] and Path(f["path"]).name == f["image_id"] + ".jpg" for f in fails)
-    # a rerun of a finished store is a no-op
-    again = run_extraction(iter_source("folder", photos), extractor_config("effnetlite0", image_size=96),
-                           out, progress=False)
-    assert again.complete and again.written == 0 and again.already_done == 6
+    # a rerun of a finished store is a no-op, summarised for a person unless --json
+    again = CliRunner().invoke(main, ["extract", *args])
+    assert again.exit_code == 3 and again.stdout.splitlines() == [
+        f"{out}: 0 written, 6 already done, 3 failed of 9 images", f"unreadable images and why: {out / FAILURES_NAME}"]
 
 
 def _kill_cmd(root: Path, out: Path) -> list[str]:
@@ -164,7 +165,7 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path: Path, local_ray: None
         assert not (out / "manifest.json").exists() or attempt > 0
     assert kills >= 2
     done = subprocess.run(_kill_cmd(root, out)[:-1], env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 3, done.stderr[-2000:]  # 3: some images could not be read
     assert verify_store(out, progress=False).ok
     assert _records(out) == _records(clean)
     assert (out / FAILURES_NAME).read_bytes() == (clean / FAILURES_NAME).read_bytes()
@@ -175,7 +176,7 @@ def test_resume_with_other_settings_is_refused(photos: Path, tmp_path: Path, loc
     out = tmp_path / "store"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"extractor": {"name": "effnetlite0"}, "shard_size": 1}))
-    with pytest.raises(RuntimeError, match="other extractor/shard settings"):
+    with pytest.raises(UserError, match="other settings: batch_size, extractor.config, shard_size"):
         run_extraction(iter_source("folder", photos), extractor_config("effnetlite0", image_size=64), out,
                        workers=1, progress=False)
 
@@ -227,12 +228,46 @@ def test_cli_detector_on_a_real_photo_and_broken_files(photos: Path, tmp_path: P
     args = ["--dataset", "folder", "--root", str(root), "--extractor", "bua-r101", "--weights", "random",
             "--min-boxes", "36", "--max-boxes", "36", "--out", str(out), "--workers", "1", "--no-progress"]
     res = CliRunner().invoke(main, ["extract", *args])
-    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert res.exit_code == 3, res.output + repr(res.exception)
     assert verify_store(out, progress=False).ok
     store = FeatureStore(out)
+    assert store.manifest["extractor"]["weights"] == "random"
     rec = store["grace_hopper"]
     assert rec["features"].shape == (36, 2048) and rec["objects_id"].shape == (36,)
     assert (int(rec["image_w"]), int(rec["image_h"])) == (512, 600)
     assert store.manifest["extractor"]["name"] == "bua-r101"
     fails = sorted(json.loads(x)["image_id"] for x in (out / FAILURES_NAME).read_text().splitlines())
     assert fails == ["text", "zero"]
+
+
+def test_nothing_extracted_exits_1_leaves_no_folder_and_no_ray_notices(tmp_path: Path) -> None:
+    """A real start (its own Ray): every image broken -> one Error line, exit 1, no store folder; Ray's own
+    notices (token authentication, worker logs) stay out of the terminal."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name, data in BROKEN.items():
+        (root / f"{name}.jpg").write_bytes(data)
+    out = tmp_path / "store"
+    r = subprocess.run(_kill_cmd(root, out), env=_env(), capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert lines[-1].startswith("Error: no image could be extracted (2 failed; first: text.jpg: ")
+    assert not any("Token authentication" in ln or "ray" in ln.lower() for ln in lines), lines
+    assert not out.exists()
+
+
+def test_weights_that_do_not_load_are_one_line_not_a_dead_actor(photos: Path, tmp_path: Path,
+                                                                 local_ray: None) -> None:
+    from click.testing import CliRunner
+
+    from butd.cli import main
+
+    bad = tmp_path / "bua.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    out = tmp_path / "store"
+    res = CliRunner().invoke(main, ["extract", "--dataset", "folder", "--root", str(photos), "--extractor",
+                                    "bua-r101", "--weights", str(bad), "--out", str(out), "--no-progress"])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error: ")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output[-3000:]
+    assert "the bua-r101 extractor could not start (" in errors[0] and "not a safetensors file" in errors[0]
+    assert not out.exists()

@@ -55,7 +55,7 @@ def test_caption_and_report_with_the_runs_extractor(world, tmp_path):
     out = _ok(["caption", str(run), *map(str, photos), "--beam", "2"])
     assert "device: " in out and [ln.split("\t")[0] for ln in out.splitlines() if "\t" in ln] == list(map(str, photos))
     out = _ok(["report", str(run), "--n", "2", "--out", str(tmp_path / "r.html")])
-    assert (tmp_path / "r.html").is_file() and "(2 images)" in out
+    assert (tmp_path / "r.html").is_file() and "(2 images, pictures embedded)" in out
 
 
 def test_answer_and_report_with_the_runs_extractor(world, tmp_path):

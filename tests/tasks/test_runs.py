@@ -62,7 +62,7 @@ def test_both_tasks_write_the_same_run_format(runs):
     infos = {t: json.loads((r / "run.json").read_text()) for t, r in runs.items()}
     keys = {t: set(i) - {"summary", "data_report", "num_answers", "vocab_size"} for t, i in infos.items()}
     assert keys["caption"] == keys["vqa"] == {"format", "version", "task", "model", "data", "store", "vocab",
-                                              "checkpoints"}
+                                              "checkpoints", "world_size"}
     for task, run in runs.items():
         info = infos[task]
         assert info["task"] == task and info["format"] == "butd-run"

@@ -11,6 +11,7 @@ import click
 
 from butd.cli import LazyGroup
 from butd.cli.options import RegistryChoice, device_option
+from butd.errors import UserError
 from butd.extract.selection import POLICIES
 
 __all__ = ["extract_cmd", "weights"]
@@ -24,7 +25,8 @@ __all__ = ["extract_cmd", "weights"]
 @click.option("--mode", type=click.Choice(["detect", "grid", "boxes"]), default=None,
               help="Default: the extractor's (detect for bua-r101, grid for CNNs).")
 @click.option("--weights", default=None,
-              help="Weights file (.pth state dict / .safetensors), 'imagenet' or 'random'.")
+              help="Weights file (.pth state dict / .safetensors), 'imagenet' or 'random' (tests only). "
+                   "Required unless the extractor ships its weights (effnetlite0).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Store directory (resumable).")
 @click.option("--address", default=None, help="Join this Ray cluster instead of starting a local one.")
 @click.option("--workers", type=int, default=None, help="Model actors (default: one per GPU, else 1).")
@@ -49,18 +51,26 @@ __all__ = ["extract_cmd", "weights"]
               help="YAML of the extractor's config fields; command-line options win.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Verify the store at the end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (machine-readable).")
+@click.option("--verbose", is_flag=True, help="Show Ray's own notices and its workers' output.")
 def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weights: str | None, out: str,
                 address: str | None, workers: int | None, threads: int | None, fp16: bool | None,
                 boxes_file: str | None, min_boxes: int | None, max_boxes: int | None,
                 conf_thresh: float | None, box_source: str | None, boxes_policy: str | None, shard_size: int,
-                batch_size: int, image_size: int | None, device: str, config_file: str | None, no_progress: bool,
-                verify: bool) -> None:
-    """Extract features for every image of --dataset under --root into the store --out."""
+                batch_size: int,
+                image_size: int | None, device: str, config_file: str | None, no_progress: bool,
+                verify: bool, as_json: bool, verbose: bool) -> None:
+    """Extract features for every image of --dataset under --root into the store --out.
+
+    Exit status: 0 when every image is in the store, 3 when some could not be read (listed in
+    OUT/failures.jsonl), 1 when none could.
+    """
     from butd.config import read_yaml
     from butd.extract.registry import extractor_config
-    from butd.extract.runner import FAILURES_NAME, run_extraction
+    from butd.extract.runner import run_extraction
     from butd.extract.sources import iter_source, load_boxes, with_boxes
     from butd.shards import verify_store
+    from butd.tasks.common import resolve_device
 
     given: dict[str, Any] = {"mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size,
                              "device": device, "min_boxes": min_boxes, "max_boxes": max_boxes,
@@ -73,23 +83,60 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
         given["device"] = None  # the config file's or the extractor's default (auto)
     cfg = extractor_config(extractor, read_yaml(config_file) if config_file else None,
                            **{k: v for k, v in given.items() if v is not None})
+    if address is None and str(cfg.device).startswith("cuda"):  # a GPU asked for but absent stops here
+        resolve_device(cfg.device)
+    check_weights(extractor, cfg.weights)
+    click.echo(f"extractor {extractor}, mode {cfg.mode}, weights {cfg.weights or 'shipped'}", err=True)
     items = iter_source(dataset, root, mode=cfg.mode)
     if boxes_file:
         items = with_boxes(items, load_boxes(boxes_file))
+    items = list(items)
+    if items and not any(Path(it.path).is_file() for it in items):
+        raise UserError(f"none of the {len(items)} images the {dataset} layout lists exists "
+                        f"(first: {items[0].path})", root, "check --root, or choose the --dataset of its layout",
+                        usage=True)
     summary = run_extraction(items, cfg, out, address=address, workers=workers, shard_size=shard_size,
-                             batch_size=batch_size, progress=not no_progress, threads=threads,
+                             batch_size=batch_size, progress=not no_progress, threads=threads, verbose=verbose,
                              source_info={"dataset": dataset, "root": str(Path(root).resolve())},
                              log=lambda message: click.echo(message, err=True))
-    click.echo(json.dumps(summary.to_dict()))
-    if summary.failed:
-        click.echo(f"{summary.failed} image(s) could not be read: see {out}/{FAILURES_NAME}", err=True)
     if verify:
         report = verify_store(out, progress=False)
         if not report.ok:
             for p in report.problems:
                 click.echo(f"verify: {p}", err=True)
-            sys.exit(1)
-        click.echo(f"verified {report.records} records in {out}", err=True)
+            raise UserError("the store failed verification", out, "extract into a new --out")
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        for line in summary.lines():
+            click.echo(line)
+    sys.exit(summary.exit_code)
+
+
+def check_weights(extractor: str, weights: str | None) -> None:
+    """Weights are explicit: an extractor without shipped weights needs ``--weights FILE`` (or ``random``,
+    said out loud), and a file or an ImageNet download is checked here, before any worker starts."""
+    from butd.extract.registry import EXTRACTORS
+
+    info = EXTRACTORS.entry(extractor).info
+    if weights is None and not info.get("shipped_weights"):
+        hint = "--weights FILE (README: published checkpoints)"
+        if info.get("imagenet"):
+            hint += ", --weights imagenet"
+        raise UserError(f"{extractor} has no shipped weights", "--weights not given",
+                        f"pass {hint}, or --weights random for tests (meaningless features)", usage=True)
+    if weights == "random":
+        click.echo(f"warning: {extractor} with random weights: the features are meaningless (tests only)", err=True)
+    elif weights == "imagenet":
+        if not info.get("imagenet"):
+            raise UserError(f"{extractor} has no ImageNet weights", "--weights imagenet",
+                            "pass --weights FILE (README: published checkpoints)", usage=True)
+        if info.get("imagenet") != "shipped":
+            from butd.extract.grid import fetch_imagenet
+
+            fetch_imagenet(extractor)
+    elif weights is not None and not Path(weights).is_file():
+        raise UserError("no such weights file", weights, "pass an existing --weights FILE", usage=True)
 
 
 @click.group(cls=LazyGroup)

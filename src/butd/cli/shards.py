@@ -39,10 +39,26 @@ def shards_info(store: Path, as_json: bool) -> None:
     click.echo(f"dims       {json.dumps(m['dims'])}")
     ext = m.get("extractor") or {}
     if ext:
-        click.echo(f"extractor  {ext.get('name')} (weights sha256 {str(ext.get('weights_sha256'))[:16]})")
+        click.echo(f"extractor  {ext.get('name')}")
+        if weights_line(ext):
+            click.echo(f"weights    {weights_line(ext)}")
     if m.get("source"):
         click.echo(f"source     {json.dumps(m['source'])}")
     click.echo(f"created    {m['created'].get('time')} by butd {m['created'].get('butd_version')}")
+
+
+def weights_line(ext: dict) -> str | None:
+    """The weights a store's extractor ran with, in words (stores made before the `weights` key included);
+    None for stores of no trained extractor (imports, the toy oracle)."""
+    from butd.shards.manifest import extractor_weights
+
+    words = extractor_weights(ext)
+    if words is None:
+        return None
+    if words == "random":
+        return "random (untrained: the features are meaningless, for tests only)"
+    sha = ext.get("weights_sha256")
+    return words + (f" (sha256 {str(sha)[:16]})" if sha else "")
 
 
 @shards.command("verify")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--skip-missing", is_flag=True, help="Drop images absent from the store instead of failing.")
 @device_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT exactly where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace the butd run already in OUT (default: refuse).")
 @click.option("--captions", type=_file(), help="[caption] Karpathy split JSON.")
 @click.option("--scst-epochs", type=int, help="[caption] SCST epochs after cross-entropy.")
 @click.option("--questions", type=_file(), multiple=True, help="[vqa] VQA v2 questions JSON (repeatable).")
@@ -45,17 +49,14 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train on N local processes (torch DDP, 127.0.0.1 only; one GPU each on CUDA). The config's "
                    "batch_size is the global batch. On a cluster use torchrun (see TRAINING.md).")
-def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, device: str,
-              nproc: int, **options: Any) -> None:
+def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
+              device: str, nproc: int, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
     from butd.models.registry import task_of
     from butd.tasks import task_module
+    from butd.tasks.guard import check_out, random_weights_warning, resume_point
     from butd.train.distributed import current
-
-    if nproc > 1:  # the same command in N workers started by torch.distributed.run
-        from butd.train.launch import launch_local
-
-        raise SystemExit(launch_local(nproc, ["train", *_command_line(click.get_current_context(), skip="nproc")]))
+    from butd.train.progress import TrainingInterrupted
 
     task = task_of(model)
     for key, owner in _TASK_OPTIONS.items():
@@ -66,8 +67,30 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
         if not options.get(key):
             raise UserError(f"--{key} is required to train a {task} model", f"--model {model}",
                             f"pass --{key} FILE", usage=True)
+    worker = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a DDP rank: the launching command checked OUT
+    if not worker:
+        check_out(out, resume=resume, overwrite=overwrite)
+        if resume:
+            click.echo(resume_point(out, model, features), err=True)
+        warning = random_weights_warning(features)
+        if warning:
+            click.echo(warning, err=True)
+    if nproc > 1:  # the same command in N workers started by torch.distributed.run (OUT checked, replaced once)
+        from butd.train.launch import launch_local
+
+        raise SystemExit(launch_local(nproc, ["train", *_command_line(click.get_current_context(),
+                                                                      skip=("nproc", "overwrite"))]))
     options = {**options, "features": features, "device": pick_device(device)}
-    summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
+    created = not worker and not Path(out).exists()
+    try:
+        summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
+    except TrainingInterrupted as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(130)
+    except Exception:
+        if created and not any((Path(out) / m).exists() for m in ("checkpoints", "xe", "scst")):
+            shutil.rmtree(out, ignore_errors=True)  # a start refused by the data leaves no directory behind
+        raise
     score = summary.get("val_cider_d") if task == "caption" else summary.get("best")
     done = [f"model {model}", *([f"{summary['epochs']} epochs"] if "epochs" in summary else []),
             *([f"best validation score {score:.3f}"] if score is not None else [])]
@@ -75,12 +98,12 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
         click.echo(f"wrote {out} ({', '.join(done)})")
 
 
-def _command_line(ctx: click.Context, skip: str) -> list[str]:
+def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
     """The options ``ctx`` was given, as arguments again (``skip`` left out)."""
     args: list[str] = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name == skip or not isinstance(param, click.Option) or value in (None, False, ()):
+        if param.name in skip or not isinstance(param, click.Option) or value in (None, False, ()):
             continue
         flag = param.opts[0]
         if param.is_flag:
@@ -157,8 +180,12 @@ def caption_cmd(run: Path, images: tuple[Path, ...], beam: int | None, device: s
     if _task_of_run(run) != "caption":
         raise UserError("this is a VQA run; `butd caption` needs a captioning run", run,
                         "pass a run trained with a caption model", usage=True)
-    for path, text in caption.predict(run, list(images), beam=beam, device=pick_device(device), warn=_warn):
+    done = caption.predict(run, list(images), beam=beam, device=pick_device(device), warn=_warn)
+    for path, text in done:
         click.echo(f"{path}\t{text}")
+    if not done:
+        raise UserError(f"none of the {len(images)} image(s) could be read", images[0],
+                        "pass JPEG or PNG files (the reasons are above)")
 
 
 @click.command("answer")
@@ -174,21 +201,16 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
 
     Needs only the run directory: run.json records the extractor the run's features came from.
     """
-    from PIL import Image
-
-    from butd.evaluate.report import render_attention
     from butd.tasks import vqa
 
     if _task_of_run(run) != "vqa":
         raise UserError("this is a captioning run; `butd answer` needs a VQA run", run,
                         "pass a run trained with --model vqa", usage=True)
-    res = vqa.predict(run, image, question, top=top, device=pick_device(device))
+    res = vqa.predict(run, image, question, top=top, device=pick_device(device), warn=_warn)
     for a, s in zip(res["answers"], res["scores"]):
         click.echo(f"{s:6.3f}  {a}")
     png = png or Path(f"{image.stem}_attention.png")
-    with Image.open(image) as im:
-        rgb = im.convert("RGB")
-    render_attention(rgb, res["attention"], boxes=res.get("boxes"), grid=res.get("grid")).save(png)
+    vqa.answer_picture(image, question, res).save(png)
     click.echo(f"attention over {'the grid' if res.get('grid') else 'the boxes'} written to {png}")
 
 
@@ -206,7 +228,7 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
 @_ANNOTATIONS
 def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None, features,
                captions, questions, annotations) -> None:
-    """Write a self-contained HTML page: images, text, and the attention of every word (plus PNGs)."""
+    """Write a self-contained HTML page: images, text, and the attention of every word or question."""
     from butd.evaluate.report import write_report
     from butd.tasks import task_module
 
@@ -216,4 +238,5 @@ def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_ro
     items = mod.report_items(run, split, n_images, images_root,
                              **_data(task, features, captions, questions, annotations))
     write_report(items, out, title=f"butd {task} report: {run.name}, {split} split")
-    click.echo(f"wrote {out} ({len(items)} images) and {out.with_name(out.stem + '_png')}/")
+    unit = "questions" if task == "vqa" else "images"
+    click.echo(f"wrote {out} ({len(items)} {unit}, pictures embedded)")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from butd.datasets.vocab import PAD, Vocab
+from butd.errors import UserError
 from butd.shards import FeatureStore
 
 __all__ = ["CaptionDataError", "CaptionDataset", "CaptionImage", "DataConfig",
@@ -28,7 +29,7 @@ __all__ = ["CaptionDataError", "CaptionDataset", "CaptionImage", "DataConfig",
 log = logging.getLogger(__name__)
 
 
-class CaptionDataError(ValueError):
+class CaptionDataError(UserError):
     """Unusable caption input (malformed JSON, empty split, images missing from the store)."""
 
 
@@ -96,7 +97,8 @@ def split_images(images: Sequence[CaptionImage], split: str,
     out = [im for im in images if im.split in wanted and im.tokens]
     if not out:
         present = sorted({i.split for i in images})
-        raise CaptionDataError(f"split {split!r} is empty (splits present: {present})")
+        raise CaptionDataError(f"the split has no images (splits present: {', '.join(present)})", f"--split {split}",
+                        f"pass one of {', '.join(present)}", usage=True)
     return out
 
 

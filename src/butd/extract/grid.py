@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from butd.errors import UserError
 from butd.extract.effnet_lite import EfficientNetLite0, bundled_weights_path
 
 __all__ = ["GridConfig", "GridExtractor", "GridPreprocess", "load_state_dict_file"]
@@ -103,6 +104,19 @@ def _warn_random(name: str) -> None:
            "pass --weights FILE (torchvision state dict .pth / .safetensors) or --weights imagenet")
     warnings.warn(msg, stacklevel=3)
     log.warning(msg)
+
+
+def fetch_imagenet(name: str) -> None:
+    """Download torchvision's ImageNet weights of ``name`` into the torch hub cache now (a no-op when they
+    are there), so an offline machine stops with one line before any worker starts."""
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(name).DEFAULT
+    try:
+        torch.hub.load_state_dict_from_url(enum.url, progress=False, check_hash=True)
+    except Exception as e:  # noqa: BLE001 - offline, proxy, disk full: one line, not a dead Ray actor
+        raise UserError(f"could not fetch the ImageNet weights of {name} ({type(e).__name__})", enum.url,
+                        "connect once (torch hub caches them), or download the file and pass --weights FILE") from None
 
 
 def _torchvision_net(name: str, weights: str | None) -> tuple[nn.Module, str | None]:

@@ -22,15 +22,20 @@ __all__ = ["EXTRACTORS", "MODES", "Extractor", "build_extractor", "config_from_m
 MODES = ("detect", "grid", "boxes")
 
 _GRID = "butd.extract.grid:GridConfig"
+# weights facts: "shipped_weights" runs without --weights; "imagenet": torchvision downloads them ("torchvision")
+_TV = {"imagenet": "torchvision"}
 EXTRACTORS = Registry("extractor", {
     "bua-r101": Entry("butd.extract.detector:DetectorConfig", "butd.extract.detector:build",
                       "BUTD Faster R-CNN R101-C4, Visual Genome (Anderson et al. 2018): 10-100 regions"),
-    "vgg16": Entry(_GRID, "butd.extract.grid:build_vgg16", "VGG-16 conv5_3 grid, 14x14x512 at 224 (SAT)"),
-    "vgg19": Entry(_GRID, "butd.extract.grid:build_vgg19", "VGG-19 conv5_4 grid, 14x14x512 at 224 (SAT)"),
-    "resnet101": Entry(_GRID, "butd.extract.grid:build_resnet101", "ResNet-101 layer4 grid, pooled to grid_size"),
-    "resnet152": Entry(_GRID, "butd.extract.grid:build_resnet152", "ResNet-152 layer4 grid, pooled to grid_size"),
+    "vgg16": Entry(_GRID, "butd.extract.grid:build_vgg16", "VGG-16 conv5_3 grid, 14x14x512 at 224 (SAT)", _TV),
+    "vgg19": Entry(_GRID, "butd.extract.grid:build_vgg19", "VGG-19 conv5_4 grid, 14x14x512 at 224 (SAT)", _TV),
+    "resnet101": Entry(_GRID, "butd.extract.grid:build_resnet101", "ResNet-101 layer4 grid, pooled to grid_size",
+                       _TV),
+    "resnet152": Entry(_GRID, "butd.extract.grid:build_resnet152", "ResNet-152 layer4 grid, pooled to grid_size",
+                       _TV),
     "effnetlite0": Entry(_GRID, "butd.extract.grid:build_effnetlite0",
-                         "EfficientNet-Lite0 head grid, 7x7x1280 at 224 (bundled ImageNet weights)"),
+                         "EfficientNet-Lite0 head grid, 7x7x1280 at 224 (bundled ImageNet weights)",
+                         {"shipped_weights": True, "imagenet": "shipped"}),
 })
 
 

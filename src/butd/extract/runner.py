@@ -9,10 +9,13 @@ done and adds only the missing records; ``failures.jsonl`` is append-only and de
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -22,34 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from butd.errors import UserError
 from butd.extract.images import ImageDecodeError, load_image
 from butd.extract.registry import build_extractor, extractor_config
+from butd.extract.resume import FAILURES_NAME, RUN_NAME, Summary, check_run_settings, check_store, read_failures
 from butd.extract.sources import SourceItem
 
-__all__ = ["FAILURES_NAME", "RUN_NAME", "Summary", "run_extraction", "start_local_ray"]
+__all__ = ["FAILURES_NAME", "RUN_NAME", "Summary", "check_store", "run_extraction", "start_local_ray"]
 
 log = logging.getLogger(__name__)
-FAILURES_NAME = "failures.jsonl"
-RUN_NAME = "run.json"  # settings of an unfinished store, checked on resume
 Decoded = tuple[str, "dict[str, Any] | None", "np.ndarray | None", "str | None"]  # id, prep, boxes, failure
-
-
-@dataclass
-class Summary:
-    """What a run did. ``images_per_s`` counts images processed after the model actors were ready."""
-
-    out: str
-    total: int
-    written: int
-    already_done: int
-    failed: int
-    elapsed_s: float
-    images_per_s: float
-    workers: int
-    complete: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def ray_runtime_env() -> dict[str, Any]:
@@ -63,13 +48,16 @@ def ray_runtime_env() -> dict[str, Any]:
                          "RAY_USAGE_STATS_ENABLED": "0"}}
 
 
-def start_local_ray(num_cpus: int) -> None:
-    """Start a private single-node Ray bound to 127.0.0.1 (never joins another cluster: address="local")."""
+def start_local_ray(num_cpus: int, verbose: bool = True) -> None:
+    """Start a private single-node Ray bound to 127.0.0.1 (never joins another cluster: address="local").
+
+    ``verbose=False`` keeps Ray's notices and its workers' output out of the terminal."""
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level=logging.WARNING, log_to_driver=True, configure_logging=False,
-             runtime_env=ray_runtime_env())
+    with _ray_quiet(verbose):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose,
+                 configure_logging=False, runtime_env=ray_runtime_env())
 
 
 # -- work run in Ray processes -----------------------------------------------------------------------
@@ -144,39 +132,12 @@ class ModelWorker:
 
 
 # -- driver -------------------------------------------------------------------------------------------
-def _read_failures(path: Path) -> set[str]:
-    """Ids already in failures.jsonl; a torn last line (killed mid-write) is cut off."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(keep))
-    return {json.loads(line)["image_id"] for line in keep.decode("utf-8").splitlines() if line.strip()}
-
-
-def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Record what a store is being built with (run.json); a resume with other settings is refused."""
-    path = out / RUN_NAME
-    want = json.loads(json.dumps(settings, sort_keys=True, default=str))
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have != want:
-            raise RuntimeError(f"{out} was started with other extractor/shard settings ({path}); "
-                               "resume with the same ones or choose a new --out")
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(want, sort_keys=True, indent=1))
-    os.replace(tmp, path)
-
-
 def _sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
     by_id: dict[str, SourceItem] = {}
     for it in items:
         if it.image_id in by_id and by_id[it.image_id].path != it.path:
-            raise ValueError(f"image id {it.image_id!r} names two files: {by_id[it.image_id].path}, "
-                             f"{it.path}")
+            raise UserError(f"image id {it.image_id!r} names two files", f"{by_id[it.image_id].path}, {it.path}",
+                            "keep one of them, or rename one (ids are file names without suffix)", usage=True)
         by_id.setdefault(it.image_id, it)
     return [by_id[k] for k in sorted(by_id)]
 
@@ -191,7 +152,8 @@ def _plan_workers(ray: Any, cfg: Any, workers: int | None,
         device = "cuda" if gpus > 0 else "cpu"
     if device.startswith("cuda"):
         if gpus < 1:
-            raise RuntimeError("device cuda requested but the Ray cluster has no GPUs")
+            raise UserError("the Ray cluster has no GPU", f"--device {device}", "pass --device cpu (or auto)",
+                            usage=True)
         n = workers or gpus
         return "cuda", n, {"num_gpus": 1, "num_cpus": 1}, threads or 2
     n = workers or 1
@@ -203,7 +165,7 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
                    address: str | None = None, workers: int | None = None, shard_size: int = 1000,
                    batch_size: int = 8, progress: bool = True, source_info: dict[str, Any] | None = None,
                    max_in_flight: int | None = None, decode_cpus: float = 1.0, threads: int | None = None,
-                   log: Callable[[str], None] | None = None) -> Summary:
+                   verbose: bool = False, log: Callable[[str], None] | None = None) -> Summary:
     """Extract features for every item of ``source`` into the store at ``out`` (resumable, kill-safe).
 
     ``address``: join that Ray cluster; default starts a private local Ray on 127.0.0.1.
@@ -213,41 +175,78 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
     """
     import ray
 
-    from butd.shards import ShardWriter, read_manifest
+    from butd.shards import ShardWriter
 
     t_start = time.perf_counter()
     out = Path(out)
     items = _sorted_unique(source)
-    if (out / "manifest.json").exists():
-        man = read_manifest(out)
-        if man.get("extractor", {}).get("name") != extractor_cfg.name:
-            other = man.get("extractor", {}).get("name")
-            raise RuntimeError(f"{out} is a finished store of extractor {other!r}")
-        failed = len(_read_failures(out / FAILURES_NAME))
-        return Summary(str(out), len(items), 0, int(man["num_records"]), failed, 0.0, 0.0, 0, True)
     if shard_size < 1 or batch_size < 1:
-        raise ValueError("shard_size and batch_size must be >= 1")
+        raise UserError("shard_size and batch_size must be >= 1", f"{shard_size}, {batch_size}", "pass positive sizes",
+                        usage=True)
+    done = check_store(out, extractor_cfg, shard_size, batch_size, len(items))
+    if done is not None:
+        return done
+    if not items:
+        raise UserError("no images to extract", out, "check --root and --dataset", usage=True)
+    created = not out.exists()
 
     own_ray = not ray.is_initialized()
     if own_ray:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False,
-                     runtime_env=ray_runtime_env())
-        else:
-            start_local_ray(max(os.cpu_count() or 1, (workers or 1) * (threads or 1) + 1))
+        with _ray_quiet(verbose):
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING if verbose else logging.ERROR,
+                         configure_logging=False, log_to_driver=verbose, runtime_env=ray_runtime_env())
+            else:
+                start_local_ray(max(os.cpu_count() or 1, (workers or 1) * (threads or 1) + 1), verbose)
     try:
         return _run(ray, ShardWriter, items, extractor_cfg, out, workers, shard_size, batch_size, progress,
                     source_info or {}, max_in_flight, decode_cpus, threads, t_start, log)
+    except NothingExtracted as exc:
+        if created:  # nothing half-written: a store folder this call made holds no record
+            shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"no image could be extracted ({exc.failed} failed; first: {exc.first})", out,
+                        "check the images (and --dataset / --root)") from None
     finally:
         if own_ray:
             ray.shutdown()
+
+
+class NothingExtracted(RuntimeError):
+    def __init__(self, failed: int, first: str) -> None:
+        super().__init__(f"no image could be extracted ({failed} failed)")
+        self.failed, self.first = failed, first
+
+
+@contextlib.contextmanager
+def _ray_quiet(verbose: bool):
+    """Ray's own start-up notices (token authentication, ...) stay out of the terminal unless ``verbose``;
+    the ``ray`` logger's level is restored afterwards."""
+    ray_log = logging.getLogger("ray")
+    before = ray_log.level
+    if not verbose:
+        ray_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ray_log.setLevel(before)
 
 
 def manifest_entry(config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     """The store manifest's ``extractor``: ``asdict(config)`` as given (``config_from_manifest`` gives it
     back equal), the built extractor's derived ``details`` (feature width, normalisation...) and weights hash."""
     return {"name": info["name"], "config": config, "details": info["details"],
+            "weights": weights_words(config.get("weights"), info["weights_sha256"]),
             "weights_sha256": info["weights_sha256"]}
+
+
+def weights_words(given: str | None, sha256: str | None) -> str:
+    """What the manifest says about the weights in words: "random" (meaningless features), "imagenet",
+    "shipped" (bundled with the extractor) or the file name."""
+    if sha256 is None or given == "random":
+        return "random"
+    if given in (None, "imagenet"):
+        return "shipped" if given is None else "imagenet"
+    return Path(given).name
 
 
 def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path,
@@ -263,7 +262,12 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
     cfg = dataclasses.replace(cfg, device=device)  # builders see the resolved device, never "auto"
     actor_cls = ray.remote(**resources)(ModelWorker)
     actors = [actor_cls.remote(cfg.name, asdict(cfg), device, threads) for _ in range(n)]
-    info = ray.get([a.info.remote() for a in actors])[0]
+    try:
+        info = ray.get([a.info.remote() for a in actors])[0]
+    except ray.exceptions.RayError as e:  # the model did not build: its own error in one line, not Ray's 100
+        causes = [ln.strip() for ln in str(e).splitlines() if re.match(r"^\s*[\w.]*(Error|Exception): ", ln)]
+        raise UserError(f"the {cfg.name} extractor could not start ({(causes or [type(e).__name__])[-1][:200]})",
+                        f"--weights {cfg.weights}", "check --weights and --device", usage=True) from None
     prep = info["preprocessor"] or BuiltPreprocess(cfg.name, asdict(cfg))
     decode = ray.remote(num_cpus=decode_cpus)(decode_batch)
     ray.get(decode.remote([], prep))  # warm a decode worker process before timing
@@ -271,10 +275,10 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
 
     out.mkdir(parents=True, exist_ok=True)
     failures_path = out / FAILURES_NAME
-    failed = _read_failures(failures_path)
+    failed = read_failures(failures_path)
     extractor_meta = manifest_entry(recorded, info)
     source_meta = {**source_info, "num_images": len(items)}
-    _check_run_settings(out, {"extractor": extractor_meta, "shard_size": shard_size,
+    check_run_settings(out, {"extractor": extractor_meta, "shard_size": shard_size,
                               "batch_size": batch_size})
     written = processed = 0
     # No `with writer`: its abort-on-exception would delete shards committed by earlier runs. On an
@@ -321,7 +325,12 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
             consume()
         bar.close()
     if len(writer) == 0:
-        raise RuntimeError(f"no image could be extracted ({len(failed)} failed, see {failures_path})")
+        writer.abort()
+        first = ""
+        if failures_path.exists() and failures_path.read_text().strip():
+            row = json.loads(failures_path.read_text().splitlines()[0])
+            first = f"{Path(row['path']).name}: {row['reason']}"
+        raise NothingExtracted(len(failed), first)
     writer.close()  # last shard, index, manifest (written last)
     for a in actors:
         ray.kill(a)

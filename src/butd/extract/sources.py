@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from butd.errors import UserError
 from butd.registry import Entry, Registry
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "SOURCES", "SourceItem", "iter_source", "load_boxes", "with_boxes"]
@@ -43,7 +44,8 @@ def _find(root: Path, names: list[str], what: str) -> Path:
     for name in names:
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"{what}: none of {', '.join(str(root / n) for n in names)} exists")
+    raise UserError(f"no {what} under the root (looked for {', '.join(names)})", root,
+                    "check --root, or choose the --dataset whose layout it has", usage=True)
 
 
 def _first_dir(root: Path, names: list[str]) -> Path:
@@ -107,7 +109,8 @@ def _vqa(root: Path) -> Iterator[SourceItem]:
     files = sorted({p for d in ("", "vqa", "Questions", "questions") if (root / d).is_dir()
                     for p in (root / d).glob("*questions*.json")})
     if not files:
-        raise FileNotFoundError(f"no VQA question files (*questions*.json) under {root}, {root}/vqa")
+        raise UserError("no VQA question files (*questions*.json) under the root or its vqa/", root,
+                        "check --root, or choose the --dataset whose layout it has", usage=True)
     seen: set[str] = set()
     for qf in files:
         data = _read_json(qf)
@@ -124,7 +127,7 @@ def _vqa(root: Path) -> Iterator[SourceItem]:
 
 def _folder(root: Path) -> Iterator[SourceItem]:
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
+        raise UserError("not a directory", root, "pass the folder of images as --root", usage=True)
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
             yield SourceItem(p.relative_to(root).with_suffix("").as_posix(), str(p))

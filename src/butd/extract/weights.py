@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from butd.errors import UserError
 from butd.shards.legacy_pickle import UnsafePickleError, restricted_loads  # noqa: F401 (raised by the readers)
 
 FORMAT = "butd-bua-r101"
@@ -50,10 +51,17 @@ restricted_load = restricted_loads
 def _read_source(src: Path) -> dict:
     data = src.read_bytes()
     is_torch = data[:4] == b"PK\x03\x04" or src.suffix in (".pth", ".pt")
-    if not is_torch:  # plain pickle: py-bottom-up-attention .pkl
-        obj = restricted_load(data)
-    else:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        if not is_torch:  # plain pickle: py-bottom-up-attention .pkl
+            obj = restricted_load(data)
+        else:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file: one line, not the unpickler's traceback
+        raise UserError(f"not a detector checkpoint ({type(e).__name__}: {str(e)[:80]})", src,
+                        "pass the published .pkl (py-bottom-up-attention) or .pth (bottom-up-attention.pytorch); "
+                        "README: published checkpoints", usage=True) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -104,3 +104,17 @@ def read_manifest(store: str | Path) -> dict[str, Any]:
                 or not isinstance(entry.get("records"), int):
             raise StoreError(f"{path}: entry for {name} lacks an integer 'bytes'/'records' or a 'sha256'")
     return m
+
+
+def extractor_weights(extractor: dict[str, Any] | None) -> str | None:
+    """The manifest's ``extractor.weights`` in words ("random", "shipped", "imagenet", a file name), also for
+    stores written before that key (no sha256 there meant random initialisation); None for imports."""
+    ext = extractor or {}
+    if ext.get("weights"):
+        return str(ext["weights"])
+    config = ext.get("config")
+    if not isinstance(config, dict) or "weights" not in config:  # imports, the toy oracle: no weights at all
+        return None
+    if ext.get("weights_sha256") is None:
+        return "random"
+    return str(config["weights"] or "shipped")

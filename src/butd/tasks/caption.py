@@ -15,7 +15,7 @@ import torch
 from butd.datasets.captions import DataConfig
 from butd.datasets.captions import featurize as _featurize
 from butd.errors import UserError
-from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor
+from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
 
 __all__ = ["evaluate", "featurize", "load_run", "predict", "report_items", "train"]
 
@@ -159,6 +159,7 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
         out = greedy_decode(model, batch["features"], batch["mask"], cfg.decode.max_len)
     texts = tokens_to_text(out["tokens"], vocab)
     index = image_index(image_roots(store_path, captions_path, images_root))
+    names = store_names(store_path)
     items = []
     for b, im in enumerate(ds.images):
         path = index.get(im.image_id)
@@ -169,5 +170,5 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
         k = int(batch["mask"][b].sum())
         frames = tuple((w, np.asarray(out["attn"][b, t, :k].numpy())) for t, w in enumerate(words))
         lines = (("caption", texts[b]), *(("reference", r) for r in im.raw[:3]))
-        items.append(ReportItem(im.image_id, path, lines, frames, **geometry(store[im.image_id], k)))
+        items.append(ReportItem(im.image_id, path, lines, frames, **geometry(store[im.image_id], k, names)))
     return items

@@ -12,7 +12,7 @@ import numpy as np
 from butd.errors import UserError
 from butd.shards import read_manifest
 
-__all__ = ["extract_images", "geometry", "image_index", "image_roots", "resolve_device", "run_extractor"]
+__all__ = ["extract_images", "geometry", "image_index", "image_roots", "resolve_device", "run_extractor", "store_names"]
 
 
 def resolve_device(name: str | None = "auto") -> str:
@@ -82,10 +82,22 @@ def image_roots(features: str, data_file: str, images_root: Path | None) -> list
     return [Path(c) for c in cands if c]
 
 
-def geometry(rec: dict, k: int) -> dict:
-    """How to draw attention over the first `k` rows of a record: its grid, or its first `k` boxes."""
+def geometry(rec: dict, k: int, names: Any = None) -> dict:
+    """How to draw attention over the first `k` rows of a record: its grid, or its first `k` boxes with
+    the detector's name of each (`names` from `butd.evaluate.region_names.find_names`; ids without)."""
+    from butd.evaluate.region_names import box_labels
+
     if "grid_h" in rec:
         return {"grid": (int(rec["grid_h"]), int(rec["grid_w"]))}
-    return {"boxes": np.array(rec["boxes"][:k])}
+    return {"boxes": np.array(rec["boxes"][:k]), "box_labels": box_labels(rec, names, k)}
+
+
+def store_names(store_path: str | Path | None) -> Any:
+    """The detector's object/attribute names for a store (manifest `labels` or vocab files), or None."""
+    from butd.evaluate.region_names import find_names
+
+    if store_path is None or not Path(store_path).is_dir():
+        return None
+    return find_names(store_path, read_manifest(store_path))
 
 

@@ -11,9 +11,9 @@ import torch
 
 from butd.datasets.vqa import featurize as _featurize
 from butd.errors import UserError
-from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor
+from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
 
-__all__ = ["evaluate", "featurize", "load_run", "predict", "report_items", "train"]
+__all__ = ["answer_picture", "check_question", "evaluate", "featurize", "load_run", "predict", "report_items", "train"]
 
 SPLIT = "val"  # the split `butd eval` / `butd report` use by default
 
@@ -76,9 +76,30 @@ def evaluate(run: str | Path, split: str = SPLIT, *, device: str = "cpu", featur
                     device=device, version=vqa_eval)
 
 
-def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device: str = "cpu") -> dict[str, Any]:
+def check_question(question: str, vocab: Any, max_len: int, warn: Callable[[str], None] | None = None) -> None:
+    """An empty question, or one with no word the model knows, is refused; unknown words are warned about
+    (the model reads each as the unknown word), and so are words past the model's question length."""
+    from butd.datasets.vqa import tokenize_question
+
+    tokens = tokenize_question(question)
+    if not tokens:
+        raise UserError("the question has no words", repr(question), "ask a question, e.g. \"what color is the bus?\"",
+                        usage=True)
+    unknown = sorted({t for t in tokens[:max_len] if t not in vocab.index})
+    if len(unknown) == len(set(tokens[:max_len])):
+        raise UserError("none of the question's words is in the run's vocabulary", repr(question),
+                        "ask with words from the training questions (RUN/vocab.json)", usage=True)
+    if warn is not None and unknown:
+        warn(f"warning: the model never saw {', '.join(repr(w) for w in unknown)}: read as unknown words")
+    if warn is not None and len(tokens) > max_len:
+        warn(f"warning: only the first {max_len} words are read: {' '.join(tokens[max_len:])!r} is ignored")
+
+
+def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device: str = "cpu",
+            warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Answer ``question`` about a new ``image``: top answers, scores, attention and the record's geometry."""
     model, cfg, vocab, answers, info = load_run(run, device)
+    check_question(question, vocab, cfg.data.max_question_len, warn)
     found = extract_images([Path(image)], run_extractor(info), device)
     if not found:
         raise UserError("the image could not be read", image, "pass a JPEG or PNG file")
@@ -91,13 +112,36 @@ def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device
         res = model.answer({k: v.to(device) for k, v in batch.items()}, answers, k=top)[0]
     k = int(batch["mask"].sum())
     return {"answers": res["answers"], "scores": res["scores"], "attention": np.asarray(res["attention"])[:k],
-            "record": rec, **geometry(rec, k)}
+            "record": rec, **geometry(rec, k, store_names(_store_if_present(run, info)))}
+
+
+def _store_if_present(run: str | Path, info: dict[str, Any]) -> str | None:
+    """The run's store, if it is still where run.json says (only for box names; `answer` needs no data)."""
+    from butd.train.run_format import resolve_data
+
+    try:
+        return resolve_data(run, info, "features")
+    except UserError:
+        return None
+
+
+def answer_picture(image: Path, question: str, result: dict[str, Any]):
+    """The picture `butd answer` writes: question, answers, heat map, labelled top boxes, colour bar."""
+    from PIL import Image
+
+    from butd.evaluate.attention_viz import answer_figure
+
+    with Image.open(image) as im:  # answer_figure applies the EXIF orientation, as the extractor did
+        return answer_figure(im, question, result["answers"], result["scores"], result["attention"],
+                             boxes=result.get("boxes"), grid=result.get("grid"),
+                             box_labels=result.get("box_labels", ()))
 
 
 def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
                  features: str | None = None, questions: Sequence[str] | None = None,
                  annotations: Sequence[str] | None = None, **_: Any) -> list:
-    """The first `n` questions of `split`: question, answer, ground truth and attended regions."""
+    """The first `n` questions of `split`: question, top-5 answers with scores, the human answers, the
+    answer type and the attended regions (named by the detector's classes when the store has names)."""
     from butd.datasets.vqa import VQADataset, join_store, load_vqa
     from butd.evaluate.report import ReportItem
     from butd.shards import FeatureStore
@@ -112,9 +156,10 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
     examples = examples[:n]
     ds = VQADataset(examples, store, vocab, answers, cfg.data)
     batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("tokens", "features", "mask")}
-    results = model.answer(batch, answers, k=1)
+    results = model.answer(batch, answers, k=5)
     first = qs[0] if isinstance(qs, list) else qs
     index = image_index(image_roots(store_path, first, images_root))
+    names = store_names(store_path)
     items = []
     for ex, res in zip(examples, results):
         path = index.get(str(ex.image_id))
@@ -122,9 +167,10 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
             raise UserError(f"image {ex.image_id} not found", images_root or store_path,
                             "pass --images-root DIR", usage=True)
         rec = store[str(ex.image_id)]
-        lines = (("question", ex.question), ("answer", f"{res['answers'][0]} ({res['scores'][0]:.2f})"),
-                 ("ground truth", ex.mc_answer or "—"))
         weights = np.asarray(res["attention"])
-        items.append(ReportItem(f"q{ex.question_id}", path, lines, (("answer", weights),),
-                                **geometry(rec, len(weights))))
+        title = f"Q: {ex.question}\nA: {res['answers'][0]} ({res['scores'][0]:.2f})"
+        items.append(ReportItem(f"q{ex.question_id}", path, (("question", ex.question), ("image", str(ex.image_id))),
+                                ((title, weights),), answers=tuple(zip(res["answers"], res["scores"])),
+                                truth=tuple(ex.answers), answer_type=ex.answer_type,
+                                **geometry(rec, len(weights), names)))
     return items

@@ -35,6 +35,7 @@ from butd.shards import FeatureStore
 from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.progress import terminal_bar
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
 from butd.train.scheduled_sampling import ScheduledSampling
 from butd.train.schedules import ScheduleConfig, ScheduledSamplingConfig
@@ -97,7 +98,7 @@ def generate_captions(model: CaptionModel, dataset: CaptionDataset | Subset, voc
     model.eval()
     out: dict[str, str] = {}
     try:
-        for batch in _loader(dataset, batch_size):
+        for batch in terminal_bar(_loader(dataset, batch_size), "captioning"):
             tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg, vocab.words)
             out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
     finally:
@@ -229,7 +230,8 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         if last.is_file():
             shutil.copyfile(last, out_dir / "checkpoints" / "last.pt")
         write_run(out_dir, task="caption", model=cfg.model_name,
-                  data={"features": paths.features, "captions": paths.captions}, store=store_info, summary=summary)
+                  data={"features": paths.features, "captions": paths.captions}, store=store_info,
+                  world_size=info.world_size, summary=summary)
     return summary
 
 

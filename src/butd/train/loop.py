@@ -22,12 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 from butd.errors import UserError
 from butd.train import distributed as ddp
 from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
+from butd.train.progress import Progress, TrainingInterrupted
 from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 
 CLIP_MODES = ("norm", "value")
 
 __all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "effective_batch_size", "fit", "lr_at"]
+           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "TrainingInterrupted", "effective_batch_size",
+           "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- loop pieces
@@ -228,16 +230,25 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                         generator=torch.Generator().manual_seed(config.seed))
     steps_per_epoch = math.ceil(sampler.total / batch_size)
     total = steps_per_epoch * config.epochs
-    logger = MetricsLogger(out_dir, echo, enabled=info.is_main)
+    progress = Progress(echo if info.is_main else None)
+    progress.banner(examples=len(dataset), batch_size=batch_size, steps_per_epoch=steps_per_epoch,  # type: ignore
+                    epochs=config.epochs, device=device, parameters=sum(p.numel() for p in model.parameters()),
+                    epoch=state.epoch, step=state.step, name=out_dir.name)
+    logger = MetricsLogger(out_dir, progress.write if echo is not None else None, enabled=info.is_main)
     sign = 1.0 if config.monitor_mode == "max" else -1.0
     net = ddp.wrap_model(model, info, device)
+    saved = (state.epoch, state.step, resume is not None)  # where last.pt is (the resume point)
+    updating = False  # between optimizer.step() and the state update: the model is ahead of `state`
 
     def checkpoint(name: str) -> None:
+        nonlocal saved
         rank_rng = ddp.rank_rng_states()  # collective: every rank takes part, rank 0 writes
         if info.is_main:
             save_checkpoint(ckpt_dir / name, model, optimizer, step=state.step, epoch=state.epoch,
                             meta={**(meta or {}), "loop": dataclasses.asdict(state), "rank_rng": rank_rng,
                                   "world_size": info.world_size})
+        if name == "last.pt":
+            saved = (state.epoch, state.step, True)
 
     try:
         while state.epoch < config.epochs and not state.stopped:
@@ -246,6 +257,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             t0 = time.perf_counter()
             for cb in callbacks:
                 cb.on_epoch_start(state)
+            progress.start_epoch(state.epoch, state.batch_in_epoch)
             for batch in loader:
                 batch = _to_device(batch, device)
                 lr = lr_at(state.step, config.lr, config.schedule, total, steps_per_epoch)
@@ -262,10 +274,13 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                 grad_norm = _clip(model, config)
                 if not math.isfinite(grad_norm):
                     raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
+                updating = True
                 optimizer.step()
                 state.step += 1
                 state.batch_in_epoch += 1
+                updating = False
                 state.loss_sum, state.loss_steps = state.loss_sum + logs["loss"], state.loss_steps + 1
+                progress.step(logs["loss"])
                 logs |= {"lr": lr, "grad_norm": grad_norm}
                 for cb in callbacks:
                     cb.on_step(state, logs)
@@ -279,6 +294,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
             if state.stopped:
                 checkpoint("last.pt")
                 break
+            progress.end_epoch(state.epoch, state.batch_in_epoch, state.loss_sum / max(1, state.loss_steps))
             epoch_logs: dict[str, Any] = {"epoch": state.epoch, "batch_size": batch_size,
                                           "train_loss": state.loss_sum / max(1, state.loss_steps),
                                           "epoch_seconds": time.perf_counter() - t0}
@@ -303,7 +319,13 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     except NonFiniteLossError as err:
         logger.log("error", err.step, {"error": "non_finite", "value": err.value, "batch_ids": err.batch_ids})
         raise
+    except KeyboardInterrupt:  # Ctrl-C: keep the work done so far (unless it came mid-update) for --resume
+        progress.close()
+        if not updating and info.world_size == 1:  # under DDP saving is collective: keep the last saved
+            checkpoint("last.pt")
+        raise TrainingInterrupted(*saved) from None
     finally:
+        progress.close()
         logger.close()
     ddp.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return state

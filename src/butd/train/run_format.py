@@ -49,7 +49,7 @@ def checkpoint_meta(task: str, model: str, config: dict[str, Any], vocab: list[s
 
 
 def write_run(run_dir: str | Path, *, task: str, model: str, data: dict[str, Any], store: dict[str, Any],
-              **extra: Any) -> dict[str, Any]:
+              world_size: int = 1, **extra: Any) -> dict[str, Any]:
     """Write run.json; ``data`` maps names to a path, a list of paths, or None."""
     run_dir = Path(run_dir)
 
@@ -62,7 +62,8 @@ def write_run(run_dir: str | Path, *, task: str, model: str, data: dict[str, Any
 
     info = {"format": RUN_FORMAT, "version": RUN_VERSION, "task": task, "model": model,
             "data": {k: entry(v) for k, v in data.items()}, "store": store, "vocab": "vocab.json",
-            "checkpoints": {"best": "checkpoints/best.pt", "last": "checkpoints/last.pt"}, **extra}
+            "checkpoints": {"best": "checkpoints/best.pt", "last": "checkpoints/last.pt"},
+            "world_size": world_size, **extra}
     tmp = run_dir / "run.json.tmp"
     tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
     tmp.replace(run_dir / "run.json")

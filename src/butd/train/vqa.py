@@ -35,6 +35,7 @@ from butd.shards import FeatureStore
 from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint
 from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.progress import terminal_bar
 from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
 
 __all__ = [
@@ -141,7 +142,8 @@ def predict(
     was_training = model.training
     model.eval()
     out: dict[int, str] = {}
-    for batch in _loader(dataset if indices is None else Subset(dataset, list(indices)), batch_size):
+    for batch in terminal_bar(_loader(dataset if indices is None else Subset(dataset, list(indices)), batch_size),
+                              "answering"):
         batch = {k: v.to(device) for k, v in batch.items()}
         best = model(batch)["logits"].argmax(dim=1).tolist()
         for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
@@ -288,9 +290,14 @@ def split_files(run: str | Path, info: dict[str, Any], split: str,
 
     ``questions`` / ``annotations`` (the ``--questions`` / ``--annotations`` options) replace the recorded ones.
     """
+    from butd.errors import UserError
+
+    if split not in ("train", "val"):
+        raise UserError("a VQA run has the splits train and val", f"--split {split}",
+                        "pass --split val (or train), or --questions/--annotations of another split with "
+                        "--split val", usage=True)
     q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
     if not questions and not info["data"].get(q_key):
-        from butd.errors import UserError
 
         raise UserError(f"the run has no {split} questions", run,
                         "train it with --val-questions, or pass --questions", usage=True)
