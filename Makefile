@@ -31,7 +31,7 @@ bench: .venv
 PARITY_VENV ?= .venv-parity
 PARITY_OUT ?= PARITY.table.md
 $(PARITY_VENV)/.installed: $(VENV)/.installed tools/install_detectron2_parity.sh
-	bash tools/install_detectron2_parity.sh $(PARITY_VENV) $(VENV)
+	bash tools/install_detectron2_parity.sh $(abspath $(PARITY_VENV)) $(abspath $(VENV))
 	touch $@
 
 parity: $(PARITY_VENV)/.installed

@@ -17,7 +17,9 @@ from butd.datasets.vqa import (
     VQADataset,
     VQAExample,
     build_answer_set,
+    build_question_vocab,
     compared_forms,
+    encode_question,
     join_store,
     load_vqa,
     soft_target,
@@ -67,10 +69,12 @@ def test_load_and_tokenise(tmp_path: Path) -> None:
         "color",
         "today",
     ]
-    vocab = Vocab(["<pad>", "<unk>", "what", "is"])
-    ids = vocab.encode("what is " + "x " * 20, 14)
+    vocab = Vocab(["<pad>", "<unk>", "what", "is"], "question")
+    ids = encode_question(vocab, "what is " + "x " * 20, 14)
     assert ids.shape == (14,) and ids[:3].tolist() == [2, 3, 1] and ids.dtype == np.int64
-    assert vocab.encode("what", 14).tolist() == [2] + [0] * 13
+    assert encode_question(vocab, "what", 14).tolist() == [2] + [0] * 13
+    with pytest.raises(ValueError, match="question vocabulary must start"):
+        Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "what"], "question")
 
 
 def test_bad_annotations_name_the_question(tmp_path: Path) -> None:
@@ -127,7 +131,7 @@ def test_dataset_items_are_padded_with_a_mask(tmp_path: Path) -> None:
         VQAExample(7, 2, "what colour is it", answer_type="other", answers=("red",) * 10),
         VQAExample(8, 1, "is it", answer_type="yes/no", answers=("yes",) * 10),
     ]
-    ds = VQADataset(exs, store, Vocab.build(exs), ["red", "yes"], VQADataConfig(max_question_len=5))
+    ds = VQADataset(exs, store, build_question_vocab(exs), ["red", "yes"], VQADataConfig(max_question_len=5))
     a, b = ds[0], ds[1]
     assert ds.max_boxes == 4 and a["features"].shape == (4, 8) and a["tokens"].shape == (5,)
     assert a["mask"].tolist() == [True] * 3 + [False] and b["mask"].tolist() == [True] * 4

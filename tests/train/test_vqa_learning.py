@@ -144,5 +144,8 @@ def test_cli_train_and_eval_write_a_complete_run(tmp_path: Path) -> None:
     more = CliRunner().invoke(main, ["train", *resume_args])
     assert more.exit_code == 0, more.output
     assert "3 epochs" in more.output and len(json.loads((run / "answers.json").read_text())) > 0
-    bad = CliRunner().invoke(main, ["train", *args[:-2], "--min-answer-count", "100000"])
-    assert bad.exit_code == 1 and "too high" in bad.output
+    bad_args = [str(tmp_path / "bad") if a == str(run) else a for a in args[:-2]]
+    bad = CliRunner().invoke(main, ["train", *bad_args, "--min-answer-count", "100000"])
+    assert bad.exit_code == 1 and "too high" in bad.output and not (tmp_path / "bad").exists()
+    taken = CliRunner().invoke(main, ["train", *args])  # a finished run is not overwritten silently
+    assert taken.exit_code == 2 and "--resume" in taken.output

@@ -222,12 +222,13 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
               show_default=True)
 @click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Where the images are (default: the store's source root).")
+@device_option
 @_FEATURES
 @_CAPTIONS
 @_QUESTIONS
 @_ANNOTATIONS
-def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None, features,
-               captions, questions, annotations) -> None:
+def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None, device: str,
+               features, captions, questions, annotations) -> None:
     """Write a self-contained HTML page: images, text, and the attention of every word or question."""
     from butd.evaluate.report import write_report
     from butd.tasks import task_module
@@ -235,7 +236,7 @@ def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_ro
     task = _task_of_run(run)
     mod = task_module(task)
     split = split or mod.SPLIT
-    items = mod.report_items(run, split, n_images, images_root,
+    items = mod.report_items(run, split, n_images, images_root, device=pick_device(device),
                              **_data(task, features, captions, questions, annotations))
     write_report(items, out, title=f"butd {task} report: {run.name}, {split} split")
     unit = "questions" if task == "vqa" else "images"

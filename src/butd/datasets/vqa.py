@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from butd.datasets.vocab import Vocab
 from butd.errors import UserError
 from butd.evaluate.vqa_accuracy import ANSWER_TYPES, normalize_answer, soft_scores
 from butd.shards import FeatureStore, scalar
@@ -34,6 +35,8 @@ __all__ = [
     "VQADataset",
     "VQAExample",
     "Vocab",
+    "build_question_vocab",
+    "encode_question",
     "build_answer_set",
     "candidate_examples",
     "compared_forms",
@@ -144,27 +147,14 @@ def tokenize_question(text: str) -> list[str]:
     return re.findall(r"'s|[a-z0-9]+", text)
 
 
-class Vocab:
-    """Question words -> ids; 0 is padding, 1 unknown."""
+def build_question_vocab(examples: Sequence[VQAExample], min_count: int = 1) -> Vocab:
+    """The question vocabulary (``<pad> <unk>`` first) of the training questions."""
+    return Vocab.build((tokenize_question(ex.question) for ex in examples), min_count, kind="question")
 
-    def __init__(self, words: Sequence[str]) -> None:
-        if list(words[:2]) != [PAD, UNK]:
-            raise ValueError(f"a vocabulary starts with {PAD!r}, {UNK!r}")
-        self.words = list(words)
-        self.index = {w: i for i, w in enumerate(self.words)}
 
-    @classmethod
-    def build(cls, examples: Sequence[VQAExample], min_count: int = 1) -> Vocab:
-        counts = Counter(t for ex in examples for t in tokenize_question(ex.question))
-        return cls([PAD, UNK, *sorted(w for w, c in counts.items() if c >= min_count)])
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def encode(self, text: str, max_len: int) -> np.ndarray:
-        """int64 [max_len]: ids of the first ``max_len`` tokens, right-padded with 0."""
-        ids = [self.index.get(t, 1) for t in tokenize_question(text)[:max_len]]
-        return np.asarray(ids + [0] * (max_len - len(ids)), dtype=np.int64)
+def encode_question(vocab: Vocab, text: str, max_len: int) -> np.ndarray:
+    """int64 [max_len]: ids of the first ``max_len`` question tokens, right-padded with 0."""
+    return vocab.encode_padded(tokenize_question(text), max_len)
 
 
 def build_answer_set(examples: Sequence[VQAExample], min_count: int = 9) -> list[str]:
@@ -321,7 +311,7 @@ class VQADataset(Dataset):
             target[torch.from_numpy(idx)] = torch.from_numpy(val)
         return {
             "question_id": torch.tensor(ex.question_id, dtype=torch.int64),
-            "tokens": torch.from_numpy(self.vocab.encode(ex.question, self.config.max_question_len)),
+            "tokens": torch.from_numpy(encode_question(self.vocab, ex.question, self.config.max_question_len)),
             "features": torch.from_numpy(feats),
             "boxes": torch.from_numpy(boxes),
             "mask": torch.from_numpy(mask),

@@ -140,8 +140,8 @@ def predict(run: str | Path, images: list[Path], *, beam: int | None = None, dev
 
 
 def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
-                 features: str | None = None, captions: str | None = None) -> list:
-    """Greedy captions of the first `n` images of `split`, with each word's attention."""
+                 features: str | None = None, captions: str | None = None, device: str = "cpu") -> list:
+    """Greedy captions of the first `n` images of `split`, with each word's attention (model on ``device``)."""
     from butd.datasets.captions import CaptionDataset, collate_captions, load_karpathy, split_images
     from butd.evaluate.report import ReportItem
     from butd.models.decoding import greedy_decode
@@ -149,14 +149,15 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
     from butd.train.caption import caption_data, load_caption_run
     from butd.train.scst import tokens_to_text
 
-    cfg, model, vocab, info = load_caption_run(run)
+    cfg, model, vocab, info = load_caption_run(run, device)
     store_path, captions_path = caption_data(run, info, features, captions)
     store = FeatureStore(store_path)
     images = split_images(load_karpathy(captions_path), split)[:n]
     ds = CaptionDataset(images, store, vocab, cfg.data, per_caption=False, skip_missing=True)
     batch = collate_captions([ds[i] for i in range(len(ds))])
     with torch.no_grad():
-        out = greedy_decode(model, batch["features"], batch["mask"], cfg.decode.max_len)
+        out = greedy_decode(model, batch["features"].to(device), batch["mask"].to(device), cfg.decode.max_len)
+    out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     texts = tokens_to_text(out["tokens"], vocab)
     index = image_index(image_roots(store_path, captions_path, images_root))
     names = store_names(store_path)

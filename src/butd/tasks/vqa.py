@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from butd.datasets.vqa import encode_question
 from butd.datasets.vqa import featurize as _featurize
 from butd.errors import UserError
 from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
@@ -107,7 +108,7 @@ def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device
     kind = info["store"]["kind"]
     max_boxes = int(cfg.data.max_boxes or rec["features"].shape[0])
     batch = featurize(rec, kind, max_boxes)
-    batch["tokens"] = torch.from_numpy(vocab.encode(question, cfg.data.max_question_len))[None]
+    batch["tokens"] = torch.from_numpy(encode_question(vocab, question, cfg.data.max_question_len))[None]
     with torch.no_grad():
         res = model.answer({k: v.to(device) for k, v in batch.items()}, answers, k=top)[0]
     k = int(batch["mask"].sum())
@@ -139,7 +140,7 @@ def answer_picture(image: Path, question: str, result: dict[str, Any]):
 
 def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
                  features: str | None = None, questions: Sequence[str] | None = None,
-                 annotations: Sequence[str] | None = None, **_: Any) -> list:
+                 annotations: Sequence[str] | None = None, device: str = "cpu", **_: Any) -> list:
     """The first `n` questions of `split`: question, top-5 answers with scores, the human answers, the
     answer type and the attended regions (named by the detector's classes when the store has names)."""
     from butd.datasets.vqa import VQADataset, join_store, load_vqa
@@ -148,14 +149,14 @@ def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: 
     from butd.train.run_format import resolve_data
     from butd.train.vqa import split_files
 
-    model, cfg, vocab, answers, info = load_run(run)
+    model, cfg, vocab, answers, info = load_run(run, device)
     qs, anns = split_files(run, info, split, questions, annotations)
     store_path = resolve_data(run, info, "features", features)
     store = FeatureStore(store_path)
     examples, _ = join_store(load_vqa(qs, anns), store, True)
     examples = examples[:n]
     ds = VQADataset(examples, store, vocab, answers, cfg.data)
-    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("tokens", "features", "mask")}
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]).to(device) for k in ("tokens", "features", "mask")}
     results = model.answer(batch, answers, k=5)
     first = qs[0] if isinstance(qs, list) else qs
     index = image_index(image_roots(store_path, first, images_root))

@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from butd.config import load_config as _load_config
 from butd.config import to_plain
-from butd.datasets.vocab import write_words
 from butd.datasets.vqa import (
     Vocab,
     VQADataConfig,
     VQADataset,
     VQAExample,
     build_answer_set,
+    build_question_vocab,
     candidate_examples,
     join_store,
     load_vqa,
@@ -112,7 +112,7 @@ def prepare_data(
     reports: dict[str, Any] = {"train": train_report}
     if val:
         val, reports["val"] = join_store(val, store, cfg.data.skip_missing)
-    vocab = vocab or Vocab.build(train)
+    vocab = vocab or build_question_vocab(train)
     answers = (
         list(answers)
         if answers is not None
@@ -203,7 +203,7 @@ def train_vqa(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
-    vocab = Vocab(ckpt.meta["vocab"]) if ckpt else None
+    vocab = Vocab(ckpt.meta["vocab"], "question") if ckpt else None
     answers = ckpt.meta["answers"] if ckpt else None
     train_ds, val_ds, vocab, answers, reports = prepare_data(cfg, paths, vocab, answers)
     for split, rep in reports.items():
@@ -227,7 +227,7 @@ def train_vqa(
                         "annotations": paths.annotations, "val_questions": paths.val_questions,
                         "val_annotations": paths.val_annotations, "glove": paths.glove})
         _write_json(out / "answers.json", answers)
-        write_words(out / "vocab.json", vocab.words, "question")
+        vocab.save(out / "vocab.json")
     meta = checkpoint_meta("vqa", cfg.model_name, to_plain(cfg), vocab.words, store, answers=answers)
 
     anns = _annotations(val_ds.examples) if val_ds is not None else []
@@ -277,7 +277,7 @@ def load_run(
         path = run / info["checkpoints"]["last"]
     ckpt = load_checkpoint(path)
     cfg = load_config(None, ckpt.meta["config"])
-    vocab, answers = Vocab(ckpt.meta["vocab"]), list(ckpt.meta["answers"])
+    vocab, answers = Vocab(ckpt.meta["vocab"], "question"), list(ckpt.meta["answers"])
     model = _build_model(cfg, vocab, answers, int(ckpt.meta["feature_dim"]), None)
     model.load_state_dict(ckpt.model)
     model.eval()
