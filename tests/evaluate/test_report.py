@@ -52,13 +52,13 @@ def _images(page):
 
 
 def test_embedded_report_is_one_file(tmp_path, photo):
-    out = write_report(_caption_items(photo), tmp_path / "report.html")
+    out = write_report(_caption_items(photo), tmp_path / "reports" / "report.html")  # folder made as needed
     page = out.read_text()
     imgs = _images(page)
     assert len(imgs) == 5  # per image: the photo, then one picture per word
     assert all(src.startswith("data:image/webp;base64,") for _, src in imgs)
     assert [alt for alt, _ in imgs] == ["image", "a", "red", "image", "red"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.jpg", "report.html"]  # no picture files beside it
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # no picture files beside it
     assert "a red square" in page and "<p>2 images</p>" in page
     with Image.open(io.BytesIO(base64.b64decode(imgs[1][1].split(",", 1)[1]))) as pic:
         assert pic.format == "WEBP" and pic.width == 224  # a word picture: frame_side wide

@@ -220,6 +220,7 @@ def write_report(items: list[ReportItem], out: str | Path, *, title: str = "butd
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_summary_html(items)}\n"
             f"{''.join(cards)}\n{_SCRIPT}\n</body></html>\n")
     tmp_page = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)  # `--out reports/x.html` into a folder not made yet
     tmp_page.write_text(page, encoding="utf-8")
     if not cfg.embed:
         shutil.rmtree(files_dir, ignore_errors=True)
