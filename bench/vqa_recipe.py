@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from butd.datasets.toy import ToyConfig, make_toy_world
-from butd.datasets.toy_features import write_oracle_store
+from butd.datasets.toy_features import oracle_vqa_world
 from butd.evaluate.vqa_accuracy import normalize_answer, vqa_accuracy
 from butd.train.vqa import VQAPaths, eval_run, load_config, train_vqa
 
@@ -39,16 +38,7 @@ OLD = {
 
 
 def _paths(root: Path, images: int) -> VQAPaths:
-    make_toy_world(root / "toy", ToyConfig(n_images=images, seed=0))
-    write_oracle_store(root / "toy", root / "store", dim=64, seed=0, noise=0.1)
-    v = root / "toy" / "vqa"
-    return VQAPaths(
-        features=str(root / "store"),
-        questions=(str(v / "v2_OpenEnded_mscoco_train2014_questions.json"),),
-        annotations=(str(v / "v2_mscoco_train2014_annotations.json"),),
-        val_questions=(str(v / "v2_OpenEnded_mscoco_val2014_questions.json"),),
-        val_annotations=(str(v / "v2_mscoco_val2014_annotations.json"),),
-    )
+    return VQAPaths(**oracle_vqa_world(root, images))  # type: ignore[arg-type]
 
 
 def _priors(paths: VQAPaths) -> dict[str, dict]:

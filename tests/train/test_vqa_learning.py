@@ -12,8 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from butd.cli import main
-from butd.datasets.toy import ToyConfig, make_toy_world
-from butd.datasets.toy_features import write_oracle_store
+from butd.datasets.toy_features import oracle_vqa_world
 from butd.evaluate.vqa_accuracy import normalize_answer, vqa_accuracy
 from butd.train.vqa import VQAPaths, eval_run, load_config, train_vqa
 
@@ -27,16 +26,7 @@ SMALL_MODEL = {
 
 
 def _world(root: Path, n_images: int) -> VQAPaths:
-    make_toy_world(root / "toy", ToyConfig(n_images=n_images, seed=0))
-    write_oracle_store(root / "toy", root / "store", dim=64, seed=0, noise=0.1)
-    v = root / "toy" / "vqa"
-    return VQAPaths(
-        features=str(root / "store"),
-        questions=(str(v / "v2_OpenEnded_mscoco_train2014_questions.json"),),
-        annotations=(str(v / "v2_mscoco_train2014_annotations.json"),),
-        val_questions=(str(v / "v2_OpenEnded_mscoco_val2014_questions.json"),),
-        val_annotations=(str(v / "v2_mscoco_val2014_annotations.json"),),
-    )
+    return VQAPaths(**oracle_vqa_world(root, n_images))  # type: ignore[arg-type]
 
 
 def _by_category(paths: VQAPaths, preds: dict[int, str]) -> dict[str, tuple[float, float]]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from butd.shards import ShardWriter, scalar
 
-__all__ = ["N_NOISE_DIMS", "oracle_feature_dim", "write_oracle_store"]
+__all__ = ["N_NOISE_DIMS", "oracle_feature_dim", "oracle_vqa_world", "write_oracle_store"]
 
 N_NOISE_DIMS = 8  # pure-noise slots after the signal part
 COUNT_SCALE = 0.25  # scene-context slot = number of objects * COUNT_SCALE
@@ -104,3 +104,20 @@ def write_oracle_store(
                 },
             )
     return store_path
+
+
+def oracle_vqa_world(root: str | Path, n_images: int, dim: int = 64, seed: int = 0, noise: float = 0.1
+                     ) -> dict[str, str | tuple[str, ...]]:
+    """A toy world in ``root/toy`` and its oracle store in ``root/store``; returns the VQA v2 file paths
+    (the fields of ``butd.train.vqa.VQAPaths``: features, questions, annotations, val_*)."""
+    from butd.datasets.toy import ToyConfig, make_toy_world
+
+    root = Path(root)
+    make_toy_world(root / "toy", ToyConfig(n_images=n_images, seed=seed))
+    write_oracle_store(root / "toy", root / "store", dim=dim, seed=seed, noise=noise)
+    v = root / "toy" / "vqa"
+    return {"features": str(root / "store"),
+            "questions": (str(v / "v2_OpenEnded_mscoco_train2014_questions.json"),),
+            "annotations": (str(v / "v2_mscoco_train2014_annotations.json"),),
+            "val_questions": (str(v / "v2_OpenEnded_mscoco_val2014_questions.json"),),
+            "val_annotations": (str(v / "v2_mscoco_val2014_annotations.json"),)}
