@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,7 +86,9 @@ def main() -> None:
                                                                          f"{tmp}/one{n_threads}")
         out = Path(tmp) / "multi.json"
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        code = launch_local(args.nproc, [__file__, *sys.argv[1:], "--worker-out", str(out)], module=None)
+        # the workers get no --nproc: torchrun's parser would take it for an abbreviation of its own option
+        worker = [__file__, "--steps", str(args.steps), "--batch", str(args.batch), "--device", args.device]
+        code = launch_local(args.nproc, [*worker, "--worker-out", str(out)], module=None)
         if code:
             raise SystemExit(code)
         multi = json.loads(out.read_text())["steps_per_s"]
