@@ -73,3 +73,49 @@ def test_caffe_policy_keeps_10_to_100_by_confidence():
     assert torch.equal(sel.keep, torch.nonzero(probs[:, 3] >= 0.2).flatten()) and len(sel.keep) == 45
     sel = CaffeSelection(min_boxes=36, max_boxes=36)(probs, boxes, None, (100, 5000), 0.0)
     assert torch.equal(sel.keep, torch.arange(36)) and (sel.obj_id == 3).all()
+
+
+def test_ties_are_broken_by_proposal_order_everywhere():
+    """Equal confidences (proposals pooling the same cells get identical features) resolve lower
+    index first: at the 100-box cut, in the per-class NMS on CPU and CUDA paths, and in airsplay-36."""
+    from butd.extract.bua_heads import nms_ties_by_index, per_class_max_conf
+
+    # 150 disjoint boxes, all of confidence 0.5: the cut keeps the first 100 proposals, in order
+    boxes = _row_of_boxes(150, 20.0)
+    probs = torch.zeros(150, 1600)
+    probs[:, 7] = 0.5
+    assert torch.equal(CaffeSelection()(probs, boxes, None, (100, 5000), 0.0).keep, torch.arange(100))
+    # the same tie under any permutation of equal scores: the kept set is the lowest indices
+    perm = torch.randperm(150, generator=torch.Generator().manual_seed(0))
+    probs2 = probs.clone()
+    probs2[perm[:20], 7] = 0.9  # 20 higher first, then the tied 0.5s by index
+    rest = [i for i in range(150) if i not in set(perm[:20].tolist())]
+    want = torch.cat([perm[:20].sort().values, torch.tensor(rest[:80])])
+    assert torch.equal(CaffeSelection()(probs2, boxes, None, (100, 5000), 0.0).keep, want)
+    # overlapping boxes with many equal scores: NMS visits ties lower index first, whatever
+    # torchvision's (unstable) sort does; per-class NMS agrees on the CPU and CUDA paths
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(300, 2, generator=g) * 80
+    rand_boxes = torch.cat([xy, xy + 5 + torch.rand(300, 2, generator=g) * 30], 1)
+    tied = torch.randint(1, 4, (300,), generator=g).float() / 4  # three values only
+    assert not torch.equal(torch.sort(tied, descending=True).indices, torch.argsort(tied, descending=True, stable=True))
+    assert nms_ties_by_index(rand_boxes, tied, 0.3).tolist() == _greedy(rand_boxes, tied, 0.3)
+    p = torch.stack([tied, tied.flip(0), torch.full((300,), 0.25)], 1)
+    for offset in (0.0, 1.0):
+        a = per_class_max_conf(rand_boxes, p, 0.3, offset, vectorized=False)
+        assert torch.equal(a, per_class_max_conf(rand_boxes, p, 0.3, offset, vectorized=True))
+    # airsplay-36: 80 identical-score boxes in a row at IoU 0.43 -> every other box, from index 0
+    sel = _run(_row_of_boxes(80, 4.0), torch.full((80,), 0.6), torch.zeros(80, dtype=torch.long))
+    assert torch.equal(sel.keep, torch.arange(0, 72, 2))
+
+
+def _greedy(boxes, scores, t):
+    """Plain greedy NMS over (-score, index) order."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(boxes, boxes)
+    keep: list[int] = []
+    for i in sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i)):
+        if all(float(iou[i, j]) <= t for j in keep):
+            keep.append(i)
+    return keep

@@ -229,6 +229,8 @@ def per_class_max_conf(boxes: torch.Tensor, fg_probs: torch.Tensor, thresh: floa
     """generate_tsv.py: for each class run NMS over all boxes with that class's scores; a box's
     confidence is the largest score it keeps in any class (0 if suppressed everywhere).
 
+    Equal scores are visited in box order (lower index first; the proposals come in the RPN's
+    objectness order), so ties resolve the same on every device (see ``nms_ties_by_index``).
     CPU: one torchvision NMS per class. CUDA (or ``vectorized=True``): the same greedy NMS for all
     classes at once, stepping through score ranks with a shared IoU matrix (R steps, not C NMS calls).
     """
@@ -239,15 +241,15 @@ def per_class_max_conf(boxes: torch.Tensor, fg_probs: torch.Tensor, thresh: floa
         return max_conf
     b = boxes.float().clone()
     b[:, 2:] += offset
-    if not vectorized:
-        for c in range(fg_probs.shape[1]):
-            sc = fg_probs[:, c]
-            keep = nms(b, sc, thresh)
-            max_conf[keep] = torch.maximum(max_conf[keep], sc[keep])
-        return max_conf
-    over = box_iou(b, b) > thresh  # (R, R), shared by all classes
     scores = fg_probs.t()  # (C, R)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    if not vectorized:
+        rank = -torch.arange(b.shape[0], dtype=torch.float32, device=b.device)
+        for c in range(scores.shape[0]):
+            keep = order[c, nms(b[order[c]], rank, thresh)]
+            max_conf[keep] = torch.maximum(max_conf[keep], scores[c, keep])
+        return max_conf
+    over = box_iou(b, b) > thresh  # (R, R), shared by all classes
     suppressed = torch.zeros_like(scores, dtype=torch.bool)
     kept = torch.zeros_like(suppressed)
     rows = torch.arange(scores.shape[0], device=scores.device)
@@ -259,8 +261,21 @@ def per_class_max_conf(boxes: torch.Tensor, fg_probs: torch.Tensor, thresh: floa
     return torch.where(kept, scores, torch.zeros_like(scores)).amax(dim=0)
 
 
+def nms_ties_by_index(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    """torchvision NMS, except that equal scores are visited lower index first (torchvision's own
+    sort leaves their order unspecified, and it differs between CPU and CUDA). Returns the kept
+    indices in descending score order, as ``nms`` does."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    rank = -torch.arange(len(order), dtype=torch.float32, device=scores.device)  # strictly decreasing
+    return order[nms(boxes[order].float(), rank, thresh)]
+
+
 def select_boxes(max_conf: torch.Tensor, conf_thresh: float, min_boxes: int, max_boxes: int):
-    """Indices kept: confidence >= conf_thresh, clamped to [min_boxes, max_boxes] by confidence."""
+    """Indices kept: confidence >= conf_thresh, clamped to [min_boxes, max_boxes] by confidence.
+
+    When clamping, equal confidences are ranked lower index first (the proposals' RPN order). The
+    originals sort with ``np.argsort(c)[::-1]`` / ``torch.argsort(c, descending=True)``, neither
+    stable, so their order among ties is implementation-defined; butd fixes one."""
     keep = torch.nonzero(max_conf >= conf_thresh).flatten()
     order = torch.argsort(max_conf, descending=True, stable=True)
     if keep.numel() < min_boxes:

@@ -85,14 +85,15 @@ class AirsplaySelection:
         """``regressed_resized(idx, cls)``: the same boxes in resized pixels, clipped there (the NMS
         runs on those, as in the script)."""
         import torch
-        from torchvision.ops import nms
+
+        from butd.extract.bua_heads import nms_ties_by_index
 
         max_conf, max_cls = probs.max(dim=1)
         idx = torch.arange(len(probs), device=probs.device)
         in_resized = (regressed_resized or regressed)(idx, max_cls)
         keep = idx[:0]
         for t in self.thresholds:
-            keep = nms(in_resized.float(), max_conf.float(), t)[: self.boxes]
+            keep = nms_ties_by_index(in_resized, max_conf, t)[: self.boxes]
             if len(keep) >= self.boxes:
                 break
         return Selected(keep, regressed(keep, max_cls[keep]), max_cls[keep], max_conf[keep])
