@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 BUTD := $(VENV)/bin/butd
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): one per core; each test file runs whole on one worker (module fixtures once)
+TEST_WORKERS ?= auto
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 .venv: $(VENV)/.installed
 
 test: .venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: .venv
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -175,23 +175,31 @@ def _butd(*args, cwd=None):
 
 
 def make_photos(d: Path, shipped: Path) -> Path:
-    """The shipped photos plus 5 real photos at odd sizes (crops / resizes of them), as lossless PNGs."""
+    """The five shipped photos plus five other real photos that packages ship, cut to odd sizes
+    (lossless PNGs): each exercises a different branch of the size rules."""
+    import skimage
     from PIL import Image
+    from sklearn.datasets import load_sample_image
 
     from butd.demo import shipped_photos
 
     src = shipped_photos(shipped)
     if len(src) < 5:
         pytest.skip("needs the shipped photos of the [dev] extras")
-    ims = {p.stem: Image.fromarray(load_image(p).array) for p in src}
-    for k, im in ims.items():
-        im.save(d / f"{k}.png")
-    odd = {"hopper_599x1001": ims["grace_hopper"].resize((1001, 599)),  # ~600 short, shrunk a hair
-           "coffee_crop_217x389": ims["coffee"].crop((61, 40, 450, 257)),  # upscaled x2.76
-           "astronaut_1500x700": ims["astronaut"].resize((700, 1500)),  # long side capped
-           "china_crop_600x733": ims["china"].resize((733, 600)),  # already 600: no resize
-           "chelsea_97x1003": ims["chelsea"].resize((1003, 97))}  # extreme aspect, capped
+    for p in src:
+        Image.fromarray(load_image(p).array).save(d / f"{p.stem}.png")
+    ski = Path(skimage.__file__).parent / "data"
+
+    def photo(name):
+        return Image.fromarray(load_image(ski / name).array)
+
+    odd = {"hubble_crop_600x733": photo("hubble_deep_field.jpg").crop((100, 200, 833, 800)),  # short 600: no resize
+           "retina_crop_599x1001": photo("retina.jpg").crop((200, 400, 1201, 999)),  # capped by 1.7 px: x0.998
+           "motorcycle_crop_217x389": photo("motorcycle_left.png").crop((300, 150, 689, 367)),  # upscaled x2.76
+           "rocket_crop_97x640": photo("rocket.jpg").crop((0, 200, 640, 297)),  # extreme aspect: capped, x1.56
+           "flower_1500x700": Image.fromarray(load_sample_image("flower.jpg")).resize((700, 1500))}  # tall, capped
     for k, im in odd.items():
+        assert im.size == tuple(int(v) for v in k.rsplit("_", 1)[1].split("x")[::-1]), (k, im.size)
         im.save(d / f"{k}.png")
     return d
 

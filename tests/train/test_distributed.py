@@ -298,3 +298,26 @@ def test_resume_on_another_number_of_processes_says_so(toy, killed, tmp_path, on
     summary = train_caption(cfg, paths, out, resume=True, echo=said.append)
     assert any("checkpointed by 2 process(es) on 1" in s for s in said)
     assert summary["world_size"] == 1 and summary["phases"]["scst"]["step"] > 0
+
+
+def test_ranks_started_without_nproc_still_guard_out_and_print_once(toy, run2, tmp_path):
+    """Ranks started by the elastic launcher directly (as `torchrun -m butd train` does, here bound to
+    127.0.0.1): rank 0 refuses a used --out as the single-process command does, and the device line and
+    the final line appear once, not once per rank."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine", encoding="utf-8")
+    args = _train_cmd(toy, used)
+    i = args.index("--nproc")
+    args = args[args.index("train") : i] + args[i + 2 :]
+    cmd = [sys.executable, "-m", "butd.train.launch", "2", "butd", *args]
+    env = {k: v for k, v in _env().items() if k != "BUTD_NPROC_LAUNCHED"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Error:" in proc.stderr and "--out" in proc.stderr
+    assert [p.name for p in used.iterdir()] == ["notes.txt"] and (used / "notes.txt").read_text() == "mine"
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run([*cmd[: cmd.index(str(used))], str(fresh), *cmd[cmd.index(str(used)) + 1 :]], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("device: ") == 1 and proc.stdout.count("wrote ") == 1

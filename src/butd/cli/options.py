@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,5 +43,6 @@ def pick_device(name: str) -> str:
     from butd.tasks.common import resolve_device
 
     device = resolve_device(name)
-    click.echo(f"device: {device}", err=True)
+    if os.environ.get("RANK", "0") == "0":  # once per job, not once per DDP rank
+        click.echo(f"device: {device}", err=True)
     return device

@@ -67,8 +67,12 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
         if not options.get(key):
             raise UserError(f"--{key} is required to train a {task} model", f"--model {model}",
                             f"pass --{key} FILE", usage=True)
-    worker = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a DDP rank: the launching command checked OUT
-    if not worker:
+    from butd.train.launch import LAUNCHED_ENV
+
+    worker = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a DDP rank
+    # `--nproc` checked OUT before starting the ranks; under torchrun started by hand, rank 0 checks it
+    checked = worker and (os.environ.get(LAUNCHED_ENV) == "1" or os.environ.get("RANK", "0") != "0")
+    if not checked:
         check_out(out, resume=resume, overwrite=overwrite)
         if resume:
             click.echo(resume_point(out, model, features), err=True)

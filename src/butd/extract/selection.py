@@ -18,6 +18,9 @@ Each policy reproduces one original's published extraction script (facts read in
   the pooled proposal features of the kept proposals; boxes are the regressed boxes mapped back to the
   original image (per-axis scale, clipped). The script writes zero attributes because its model has no
   attribute head; with the attribute checkpoint butd stores the attribute head's argmax as usual.
+
+Ties in confidence resolve lower proposal index first, in both policies (features_spec.md 10.4): the
+originals' sorts are not stable, so their order among equal scores is implementation-defined.
 """
 
 from __future__ import annotations

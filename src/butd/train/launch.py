@@ -16,7 +16,9 @@ import torch.distributed as dist
 
 from butd.errors import UserError
 
-__all__ = ["launch_local"]
+__all__ = ["LAUNCHED_ENV", "launch_local"]
+
+LAUNCHED_ENV = "BUTD_NPROC_LAUNCHED"  # set for the ranks of `--nproc`: the launching command checked --out
 
 
 def _loopback_name() -> str:
@@ -39,7 +41,7 @@ def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -
         raise UserError("--nproc given inside a torchrun worker", "--nproc", "let torchrun start the processes",
                         usage=True)
     lo = _loopback_name()
-    env = {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo, **os.environ}
+    env = {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo, **os.environ, LAUNCHED_ENV: "1"}
     cmd = [sys.executable, "-m", "butd.train.launch", str(nproc), module or "", *argv]
     return subprocess.run(cmd, env=env, check=False).returncode
 
