@@ -241,12 +241,14 @@ def per_class_max_conf(boxes: torch.Tensor, fg_probs: torch.Tensor, thresh: floa
         return max_conf
     b = boxes.float().clone()
     b[:, 2:] += offset
-    scores = fg_probs.t()  # (C, R)
+    scores = fg_probs.t().contiguous()  # (C, R)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     if not vectorized:
+        ranked = scores.gather(1, order)
+        tied = (ranked[:, 1:] == ranked[:, :-1]).any(1).tolist()  # only these need the rank order
         rank = -torch.arange(b.shape[0], dtype=torch.float32, device=b.device)
         for c in range(scores.shape[0]):
-            keep = order[c, nms(b[order[c]], rank, thresh)]
+            keep = order[c, nms(b[order[c]], rank, thresh)] if tied[c] else nms(b, scores[c], thresh)
             max_conf[keep] = torch.maximum(max_conf[keep], scores[c, keep])
         return max_conf
     over = box_iou(b, b) > thresh  # (R, R), shared by all classes
@@ -266,6 +268,8 @@ def nms_ties_by_index(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) 
     sort leaves their order unspecified, and it differs between CPU and CUDA). Returns the kept
     indices in descending score order, as ``nms`` does."""
     order = torch.argsort(scores, descending=True, stable=True)
+    if not bool((scores[order[1:]] == scores[order[:-1]]).any()):
+        return nms(boxes.float(), scores.float(), thresh)  # no ties: the same visiting order
     rank = -torch.arange(len(order), dtype=torch.float32, device=scores.device)  # strictly decreasing
     return order[nms(boxes[order].float(), rank, thresh)]
 
