@@ -265,6 +265,7 @@ def test_two_process_run_binds_and_talks_only_over_loopback(killed):
         assert state == "0A" or remote in LOOPBACK, f"connection to non-loopback address {remote}"
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_rank_finishes_like_an_uninterrupted_run(toy, run2, killed, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(killed[0], out)
