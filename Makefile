@@ -37,7 +37,7 @@ $(PARITY_VENV)/.installed: $(VENV)/.installed tools/install_detectron2_parity.sh
 	touch $@
 
 parity: $(PARITY_VENV)/.installed
-	PYTHONPATH=$(CURDIR)/src PARITY_OUT=$(PARITY_OUT) $(PARITY_VENV)/bin/python -m pytest -q -o timeout=5400 \
+	PYTHONPATH=$(CURDIR)/src PARITY_OUT=$(PARITY_OUT) $(PARITY_VENV)/bin/python -m pytest -v -s -o timeout=5400 \
 	  tests/extract/test_parity_detectron2.py $(PYTEST_ARGS)
 
 lint: .venv

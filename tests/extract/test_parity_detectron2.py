@@ -296,8 +296,10 @@ def _all(check, photos, limit=None):
     for p in sorted(photos.glob("*.png"))[:limit]:
         try:
             check(p)
+            print(f"  ok   {p.stem}", flush=True)  # live with `make parity` (pytest -s)
         except AssertionError as e:
             fails.append(str(e).splitlines()[0])
+            print(f"  FAIL {fails[-1]}", flush=True)
     assert not fails, "; ".join(fails)
 
 
