@@ -27,9 +27,3 @@ def pytest_configure(config):
     if workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
-
-def pytest_collection_modifyitems(config, items):
-    """Files holding slow tests run first (each file stays whole and in order): under xdist, where a file
-    runs on one worker, the long files start at once instead of forming the tail."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
