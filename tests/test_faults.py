@@ -147,7 +147,7 @@ def test_extract_disk_full_injected(photos, clean_store, tmp_path, monkeypatch):
     import lmdb
     from click.testing import CliRunner
 
-    import butd.shards.folder as folder
+    import butd.shards.diskio as diskio
     from butd.cli import main
     from butd.shards.writer import ShardWriter
 
@@ -160,7 +160,7 @@ def test_extract_disk_full_injected(photos, clean_store, tmp_path, monkeypatch):
         return real(self)
 
     monkeypatch.setattr(ShardWriter, "_commit_shard", failing)
-    monkeypatch.setattr(folder.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    monkeypatch.setattr(diskio.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
     out = tmp_path / "store"
     args = ["extract", "--dataset", "folder", "--root", str(photos), "--extractor", "effnetlite0", "--image-size",
             "64", "--out", str(out), "--shard-size", "4", "--batch-size", "2", "--workers", "1", "--threads", "1",
@@ -202,6 +202,37 @@ def test_checkpoint_on_a_full_disk_then_resume(tmp_path):
         a, b = load_checkpoint(run / "checkpoints" / "best.pt"), load_checkpoint(tmp_path / "ref" / "checkpoints"
                                                                                  / "best.pt")
         assert a.model.keys() == b.model.keys() and all((a.model[k] == b.model[k]).all() for k in a.model), line
+
+
+def test_two_trainers_on_one_run(tmp_path):
+    from butd.datasets.toy import ToyConfig, make_toy_world
+    from butd.datasets.toy_features import write_oracle_store
+
+    toy = tmp_path / "toy"
+    make_toy_world(toy, ToyConfig(n_images=16, seed=2))
+    store = write_oracle_store(toy, tmp_path / "store", dim=32)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL_CAPTION))
+    run = tmp_path / "run"
+    args = ["train", "--model", "updown", "--features", str(store), "--captions", str(toy / "dataset_coco.json"),
+            "--config", str(cfg), "--device", "cpu", "--out", str(run)]
+    first = subprocess.Popen([sys.executable, "-m", "butd", *args, "--epochs", "500"], env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "xe" / "checkpoints" / "last.pt").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        for extra in (["--resume"], ["--overwrite"], []):  # whatever the second one asks, the run is taken
+            line = _one_error(_butd(*args, "--epochs", "2", *extra), 1, "another butd process is writing this run",
+                              f"pid {first.pid}")
+            assert "rerun the same command" in line
+        assert first.poll() is None  # the first trainer was not disturbed
+    finally:
+        first.send_signal(signal.SIGINT)  # Ctrl-C: it saves where it is
+        first.communicate(timeout=120)
+    assert first.returncode == 130 and not (run / ".butd.lock").exists()
+    r = _butd(*args, "--epochs", "2", "--resume")  # the lock went with its holder
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_ddp_batch_of_every_phase_is_checked_before_any_work(tmp_path):

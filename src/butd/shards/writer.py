@@ -21,7 +21,7 @@ import lmdb
 import numpy as np
 
 from butd.shards.codec import encode
-from butd.shards.folder import lmdb_io as _lmdb_io
+from butd.shards.diskio import lmdb_io as _lmdb_io
 from butd.shards.manifest import creation_info, fsync_dir, sha256_file, write_json_atomic
 from butd.shards.spec import (
     FORMAT_NAME,

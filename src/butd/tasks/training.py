@@ -73,11 +73,14 @@ def run_training(model: str, options: dict[str, Any], out: str | Path, *, config
     mod.check_config(mod.train_config(model, options, config), world)  # every phase, before anything is written
     if checked:  # a rank of `--nproc` (or rank > 0 of torchrun): the launching process guards and locks
         return mod.train(model, options, out, config=config, resume=resume, echo=echo)
-    check_out(out, resume=resume, overwrite=overwrite)  # refusals first, before the lock file exists
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other", out, "pass one of them", usage=True)
+    if out.exists() and not out.is_dir():
+        raise UserError("--out is a file", out, "pass a directory", usage=True)
     created = not out.exists()
     try:
-        with folder_lock(out, "run"):
-            if check_out(out, resume=resume, overwrite=overwrite):  # again, now that no one else can write
+        with folder_lock(out, "run"):  # first: while another trainer writes the run, nothing else is known
+            if check_out(out, resume=resume, overwrite=overwrite):
                 clear_run(out)
                 created = True
             if resume and warn is not None:
