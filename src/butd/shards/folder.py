@@ -55,9 +55,9 @@ class FailureLog:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, image_id: str | None, where: str, reason: str) -> None:
-        """One row; an id already logged is not logged twice."""
-        if image_id is not None and image_id in self.ids:
+    def add(self, image_id: str | None, where: str, reason: str, *, once: bool = True) -> None:
+        """One row; with ``once`` an id already logged is not logged twice (a resumed extraction)."""
+        if once and image_id is not None and image_id in self.ids:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"image_id": image_id, "where": where, "reason": reason}) + "\n")

@@ -90,7 +90,7 @@ def import_files(
                 summary.failures.append({"image_id": row.image_id, "where": row.where, "reason": reason})
             log = FailureLog(dest / FAILURES_NAME)
             for fail in summary.failures:
-                log.add(fail["image_id"], fail["where"], fail["reason"])
+                log.add(fail["image_id"], fail["where"], fail["reason"], once=False)  # every bad row
             writer.close()
         except BaseException:
             writer.abort()  # an import is not resumable: nothing of it is left
