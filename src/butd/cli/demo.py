@@ -15,6 +15,7 @@ REGISTRIES = {
     "extractors": "butd.extract.registry:EXTRACTORS",
     "sources": "butd.extract.sources:SOURCES",
     "import formats": "butd.shards.importers:IMPORT_FORMATS",
+    "export formats": "butd.shards.exporters:EXPORT_FORMATS",
     "decoders": "butd.models.decoding:DECODERS",
     "schedules": "butd.train.loop:SCHEDULES",
     "scst baselines": "butd.train.scst:SCST_BASELINES",

@@ -13,6 +13,7 @@ from butd.cli.options import RegistryChoice
 __all__ = ["download_cmd", "shards"]
 
 _FORMATS = "butd.shards.importers:IMPORT_FORMATS"
+_EXPORTS = "butd.shards.exporters:EXPORT_FORMATS"
 
 
 @click.group(cls=LazyGroup)
@@ -101,16 +102,31 @@ def shards_import(fmt, skip_bad, allow_pickle, ids, feature_dim, shard_records, 
 
 
 @shards.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["hh-h5"]))
-@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, type=RegistryChoice(_EXPORTS))
+@click.option("--top", type=int, default=None,
+              help="Keep at most K boxes per image: the K most confident (objects_conf), else the first K.")
+@click.option("--pad", is_flag=True, help="Pad images to a fixed box count (--top K, else the store's most) "
+                                          "with zero boxes, for the fixed layouts (hh-h5, lxmert-tsv).")
+@click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON list of image ids: export only these, in this order (default: the whole store).")
+@click.option("--id-format", default=None,
+              help="Python format for the ids written, e.g. COCO_val2014_{:012d} (LXMERT, file names).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def shards_export(fmt: str, store: Path, out: Path) -> None:
-    """Export STORE to OUT (hh-h5 also writes OUT's stem + .ids.json)."""
-    from butd.shards import FeatureStore
-    from butd.shards.importers.h5 import export_hh_h5
+def shards_export(fmt: str, top: int | None, pad: bool, ids_file: Path | None, id_format: str | None,
+                  progress: bool, store: Path, out: Path) -> None:
+    """Export STORE as a layout other code reads: OUT is the file (TSV, h5) or folder (npz-dir; rl-dirs:
+    OUT_att, OUT_fc, OUT_box) to create. See `butd registries` for the formats."""
+    from butd.shards.exporters import export_store, load_ids
 
-    export_hh_h5(FeatureStore(store), out)
-    click.echo(f"wrote {out} and {out.with_suffix('.ids.json')}")
+    s = export_store(fmt, store, out, top=top, pad=pad, ids=load_ids(ids_file) if ids_file else None,
+                     id_format=id_format, progress=progress)
+    click.echo(f"exported {s.records} images as {fmt}: {', '.join(str(p) for p in s.outputs)}")
+    if s.cut or s.padded:
+        click.echo(f"{s.cut} image(s) cut to --top {top}, {s.padded} padded with zero boxes")
+    if s.dropped:
+        click.echo(f"not in the {fmt} layout, so not written: {', '.join(s.dropped)}")
 
 
 @shards.command("publish")
