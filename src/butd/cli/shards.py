@@ -166,28 +166,30 @@ def publish_cmd(store: Path, outdir: Path, name: str | None, url: str | None, pr
 @click.option("--format", "fmt", type=RegistryChoice(_FORMATS), default=None,
               help="Format of a legacy archive (default: the registry entry's; never guessed from the name).")
 @click.option("--backoff", default=1.0, show_default=True, type=click.FloatRange(min=0), hidden=True)
-@click.option("--list", "list_", is_flag=True, help="List the registry's datasets and detector weights, and exit.")
+@click.option("--list", "list_", is_flag=True,
+              help="List the registry's datasets and detector weights with every known source and its status.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def download_cmd(source: str | None, to: Path | None, jobs: int, registry: Path | None, mirror: str | None,
                  trust_on_first_use: bool, allow_http: bool, timeout: float, retries: int, fmt: str | None,
                  backoff: float, list_: bool, progress: bool) -> None:
     """Download SOURCE into the store --to DIR, verified and resumable.
 
-    SOURCE is the base URL of a published store, a registry name (see --list), or the URL
-    of a legacy feature archive (.zip, with --format), which is imported into DIR after download.
+    SOURCE is the base URL of a published store, a registry name (see --list: its sources are tried in
+    order and the one that served is named), or the URL of a legacy feature archive (.zip, with --format),
+    which is imported into DIR after download.
     """
     from butd.shards.download import download
-    from butd.shards.publish import load_registry
+    from butd.shards.sources import load_registry, source_lines
     from butd.shards.weights_download import download_weights, load_weights_registry
 
     weights = load_weights_registry(registry)
-    if list_:
-        for name, e in sorted(load_registry(registry).items()):
-            pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
-            click.echo(f"{name:28s} {e['format']:11s} {pinned:14s} {e['url']}")
-        for name, e in sorted(weights.items()):
-            pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
-            click.echo(f"{name:28s} {'weights':11s} {pinned:14s} {e['url']}")
+    if list_:  # every entry, then each of its known locations with its reported status and where it was announced
+        for kind, entries in ((None, load_registry(registry)), ("weights", weights)):
+            for name, e in sorted(entries.items()):
+                pinned = "sha256 pinned" if e.get("sha256") else "no sha256 (--trust-on-first-use prints it)"
+                click.echo(f"{name:28s} {kind or e['format']:11s} {pinned}")
+                for line in source_lines(e["sources"]):
+                    click.echo(line)
         return
     if not source or to is None:
         raise click.UsageError("SOURCE and --to DIR are required (or --list)")

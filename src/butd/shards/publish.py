@@ -175,23 +175,3 @@ def apply_mirror(url: str, mirror: str | None) -> str:
     if not m.scheme or not m.netloc:
         raise DownloadError(f"--mirror {mirror!r}: expected a base URL like https://host[/prefix]")
     return urlunsplit((m.scheme, m.netloc, m.path.rstrip("/") + u.path, u.query, ""))
-
-
-def load_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The shipped registry, with the datasets of `path` (a registry JSON file) added or overriding."""
-    datasets: dict[str, dict[str, Any]] = {}
-    for p in [REGISTRY_PATH, *([Path(path)] if path else [])]:
-        try:
-            reg = json.loads(Path(p).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DownloadError(f"{p}: unreadable registry ({exc})") from None
-        if not isinstance(reg, dict) or reg.get("version") != 1 or not isinstance(reg.get("datasets"), dict):
-            raise DownloadError(f"{p}: not a version-1 registry ({{'version': 1, 'datasets': {{...}}}})")
-        for name, entry in reg["datasets"].items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or "format" not in entry:
-                raise DownloadError(f"{p}: dataset {name!r} needs at least 'url' and 'format'")
-            sha = entry.get("sha256")
-            if sha is not None and not _HEX64.match(str(sha)):
-                raise DownloadError(f"{p}: dataset {name!r} has a malformed sha256 {sha!r}")
-            datasets[name] = entry
-    return datasets
