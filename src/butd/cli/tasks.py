@@ -49,8 +49,9 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train on N local processes (torch DDP, 127.0.0.1 only; one GPU each on CUDA). The config's "
                    "batch_size is the global batch. On a cluster use torchrun (see TRAINING.md).")
+@click.option("--verbose", is_flag=True, help="Show the launcher's own notices under --nproc (torchrun's banners).")
 def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
-              device: str, nproc: int, **options: Any) -> None:
+              device: str, nproc: int, verbose: bool, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
     from butd.models.registry import task_of
     from butd.tasks import task_module
@@ -83,7 +84,8 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
         from butd.train.launch import launch_local
 
         raise SystemExit(launch_local(nproc, ["train", *_command_line(click.get_current_context(),
-                                                                      skip=("nproc", "overwrite"))]))
+                                                                      skip=("nproc", "overwrite", "verbose"))],
+                                      verbose=verbose))
     options = {**options, "features": features, "device": pick_device(device)}
     created = not worker and not Path(out).exists()
     try:
@@ -151,20 +153,21 @@ def _data(task: str, features: str | None, captions: str | None, questions: tupl
               help="Beam width for captioning (1 = greedy); default: the run's decode config.")
 @click.option("--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
               help="VQA runs: the official evaluator's 2017 rules (challenge, papers) or master (2021 fix).")
+@click.option("--verbose", is_flag=True, help="Show the metric libraries' own output (pycocoevalcap, its Java tools).")
 @device_option
 @_FEATURES
 @_CAPTIONS
 @_QUESTIONS
 @_ANNOTATIONS
-def eval_cmd(run: Path, split: str | None, beam: int | None, vqa_eval: str, device: str, features, captions,
-             questions, annotations) -> None:
+def eval_cmd(run: Path, split: str | None, beam: int | None, vqa_eval: str, verbose: bool, device: str, features,
+             captions, questions, annotations) -> None:
     """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
     from butd.tasks import task_module
 
     task = _task_of_run(run)
     mod = task_module(task)
     mod.evaluate(run, split or mod.SPLIT, beam=beam, vqa_eval=vqa_eval, device=pick_device(device),
-                 echo=click.echo,
+                 echo=click.echo, verbose=verbose,
                  **_data(task, features, captions, questions, annotations))
 
 

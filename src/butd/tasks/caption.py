@@ -67,8 +67,10 @@ def _result_id(image_id: str) -> int | str:
 
 def evaluate(run: str | Path, split: str = SPLIT, *, beam: int | None = None, scorers: Any = None,
              device: str = "cpu", features: str | None = None, captions: str | None = None,
-             echo: Callable[[str], None] | None = None, decode: Any = None, **_: Any) -> dict[str, Any]:
-    """Caption every image of ``split`` with the run's model and score against the references.
+             echo: Callable[[str], None] | None = None, decode: Any = None, verbose: bool = False,
+             **_: Any) -> dict[str, Any]:
+    """Caption every image of ``split`` with the run's model and score against the references (``verbose``:
+    show what the metric libraries print).
 
     Decodes as the run's ``decode:`` config says (or ``decode``, a DecodeConfig), its beam width replaced by
     ``beam`` when given (greedy when 1), writes ``RUN/captions_{split}.json``
@@ -94,10 +96,10 @@ def evaluate(run: str | Path, split: str = SPLIT, *, beam: int | None = None, sc
     preds = generate_captions(model, dataset, vocab, dcfg, cfg.eval_batch_size, device)
     if shutil.which("java") is not None:  # the COCO protocol: raw references, PTB-tokenised on both sides
         refs = {im.image_id: list(im.raw) for im in dataset.images}
-        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=ptb_tokenize)
+        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=ptb_tokenize, verbose=verbose)
     else:
         refs = {im.image_id: im.refs for im in dataset.images}
-        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=None)
+        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=None, verbose=verbose)
         metrics["skipped"]["PTB tokenizer"] = "no `java` on PATH: Karpathy tokens used instead"
     results = [{"image_id": _result_id(k), "caption": v} for k, v in preds.items()]
     (run / f"captions_{split}.json").write_text(json.dumps(results), encoding="utf-8")
