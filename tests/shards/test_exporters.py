@@ -343,3 +343,22 @@ def test_cli_refuses_each_unfit_store_with_one_line_and_writes_nothing(variable,
     rc, lines = _butd("shards", "export", "--format", "hh-h5", "--top", "36", "--pad", var, out / "train36.hdf5")
     assert rc == 0 and lines[0].startswith(f"exported 7 images as hh-h5: {out / 'train36.ids.json'}"), lines
     assert _tree(out) == ["taken.tsv", "train36.hdf5", "train36.ids.json", "train36_imgid2idx.pkl"]
+
+
+def test_folder_ids_become_sub_folders_and_come_back(tmp_path):
+    rng = np.random.default_rng(5)
+    with ShardWriter(tmp_path / "f", "region") as w:
+        for image_id in ("cats/001", "dogs/a/002"):
+            w.add(image_id, {"boxes": rng.random((3, 4), dtype=np.float32), "features": rng.random((3, 4), np.float32),
+                             "num_boxes": scalar(3), "image_w": scalar(9), "image_h": scalar(9)})
+    export_store("npz-dir", tmp_path / "f", tmp_path / "npz", progress=False)
+    export_store("rl-dirs", tmp_path / "f", tmp_path / "bu", progress=False)
+    assert (tmp_path / "npz" / "dogs" / "a" / "002.npz").is_file()
+    assert (tmp_path / "bu_box" / "cats" / "001.npy").is_file()
+    import_files("npz-dir", [tmp_path / "npz"], tmp_path / "back", progress=False)
+    src, back = FeatureStore(tmp_path / "f"), FeatureStore(tmp_path / "back")
+    assert back.image_ids() == src.image_ids()
+    for image_id in src.image_ids():
+        assert_records_equal(back[image_id], src[image_id])
+    got = read_rl_dirs(tmp_path / "bu", ["cats/001"])["cats/001"]
+    assert got["att"].tobytes() == src["cats/001"]["features"].tobytes()

@@ -54,7 +54,7 @@ def demo_cmd(out: Path, n_images: int, verbose: bool) -> None:
 @click.command("registries")
 @click.option("--markdown", is_flag=True, help="Markdown tables (as in ARCHITECTURE.md).")
 def registries_cmd(markdown: bool) -> None:
-    """List every registry: models, extractors, sources, import formats, decoders, schedules, baselines."""
+    """List every registry: models, extractors, sources, import and export formats, decoders, schedules, baselines."""
     from butd.registry import resolve
 
     for title, ref in REGISTRIES.items():
