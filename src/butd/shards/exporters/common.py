@@ -92,7 +92,8 @@ def shaped(rec: dict[str, np.ndarray], plan: ExportPlan, counts: ExportSummary) 
 
 
 def planned_records(store, plan: ExportPlan, counts: ExportSummary) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """(output id, shaped record) in plan order; one record in memory at a time."""
+    """(output id, shaped record) for every planned image, one record in memory at a time: the ``--ids`` order,
+    or for the whole store a sequential scan in shard order (the writers record the order they get)."""
     out_id = dict(zip(plan.ids, plan.out_ids, strict=True))
     if plan.ids == store.image_ids():  # the whole store in its own order: a sequential scan, shard by shard
         stream = store.items()
