@@ -16,24 +16,24 @@ BUTD = [re.compile(p) for p in (
     rf"^  [A-Z][A-Za-z0-9-]* +{_N}$",
     r"^  [A-Za-z][A-Za-z -]* skipped: .+$",
     r"^wrote \S+ and \S+$",
-    # butd eval (VQA), tasks/vqa.py
-    r"^vqa on \w+ .*$",
-    rf"^  (overall|yes/no|number|other|[a-z/ ]+) +{_N}%?.*$",
+    # butd eval (VQA), train/vqa.py
+    r"^\w+: overall \d+\.\d\d on \d+ questions \(official evaluator, \w+ rules\)$",
+    r"^  [a-z/]+ +\d+\.\d\d$",
+    r"^\w+: skipped \d+ question\(s\) on \d+ image\(s\) missing from the feature store$",
     # butd train: the loop's epoch lines and the summaries of train/loop.py and the trainers
     rf"^(xe|scst|vqa|train): {_N} (examples|questions|pairs).*$",
     r"^(epoch|scst epoch) \d+/\d+: .*$",
     r"^(resuming|resumed) .*$",
     r"^wrote \S+ \(.*\)$",
-    r"^Warning: .+$",  # butd's own warnings (random weights ...), one line each
+    r"^warning: \S+ was extracted by .+ with random weights: .+$",  # tasks/guard.py
     # butd demo (demo.py): rich rules, commands, timings, captions, answers, the summary table
     r"^─* ?\d?\.? ?.*─+$|^─+$",
     r"^\$ butd .+$",
     r"^\(\d+\.\d s\)$",
     r"^\S+\.(jpg|png)\t.+$",
     rf"^ *{_N}  \S.*$",
-    r"^[ ┏┃┡│└┗┌┍┎┐╭╰╮╯━─═┳┻╇╈┯┷┼╋┤├┬┴┘┛┓┣┫]+.*$",
+    r"^ *[┏┃┡│└┗┌┍┎┐╭╰╮╯━─═┳┻╇╈┯┷┼╋┤├┬┴┘┛┓┣┫]",  # the summary table's borders and rows
     r"^ *demo finished in \d+ s .*$",
-    r"^\{$|^\}$|^  \".+$",  # butd toy make's JSON summary
 )]
 FOREIGN = [re.compile(p) for p in (
     r"'testlen'", r"^ratio: ", r"PTBTokenizer tokenized", r"Threads\( StanfordCoreNLP \)", r"SPICE evaluation took",

@@ -17,7 +17,7 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
     run as the real command (so Ray's and the Java tools' output would show), printing only butd's own lines."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "butd", "demo", "--out", str(tmp_path / "demo"), "--images", "60"],
-                          capture_output=True, text=True, env=env, timeout=1500)
+                          capture_output=True, text=True, env=env, timeout=580)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     out = tmp_path / "demo"
