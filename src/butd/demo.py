@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 CONFIGS = Path(__file__).with_name("demo_configs")
 
@@ -50,15 +51,31 @@ class _Steps:
         self.console = console
 
     def __call__(self, command: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        self.console.print(f"[bold cyan]$ butd {command}")
+        self.console.print(Text(f"$ butd {command}", style="bold cyan"), soft_wrap=True)  # one line, as typed
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
         self.console.print(f"[dim]({time.perf_counter() - t0:.1f} s)[/dim]")
         return result
 
 
-def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = None) -> dict:
-    """Run every stage on a fresh toy world in `out`; returns the headline numbers."""
+class _Once:
+    """``echo`` that prints each notice line (``... skipped: why``) once per command: the demo evaluates two
+    caption runs, whose reports would repeat the same SPICE notice."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo, self.seen = echo, set()
+
+    def __call__(self, message: str) -> None:
+        if " skipped: " in str(message):
+            if message in self.seen:
+                return
+            self.seen.add(message)
+        self.echo(message)
+
+
+def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = None, verbose: bool = False) -> dict:
+    """Run every stage on a fresh toy world in `out`; returns the headline numbers. ``verbose`` shows what
+    Ray and the metric libraries print (hidden otherwise)."""
     from butd.datasets.toy import ToyConfig, make_toy_world
     from butd.devices import resolve_device
     from butd.evaluate.report import write_report
@@ -69,7 +86,8 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
     from butd.tasks import task_module
 
     console = console or Console()
-    echo = console.print
+    # the library's own lines as they are: no rich markup ("[train step 1]" is not a style), no wrapping
+    echo = _Once(lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True))
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -87,7 +105,7 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
         store = feats / f"toy-{mode}"
         step(f"extract --dataset toy --root {toy} --extractor effnetlite0 --mode {mode} --out {store}",
              run_extraction, iter_source("toy", toy, mode=mode), extractor_config("effnetlite0", mode=mode), store,
-             workers=2, progress=False, source_info={"dataset": "toy", "root": str(toy.resolve())})
+             workers=2, progress=False, source_info={"dataset": "toy", "root": str(toy.resolve())}, verbose=verbose)
         report = verify_store(store, progress=False)
         if not report.ok:
             raise SystemExit(f"demo step failed: {store} does not verify: {report.problems[0]}")
@@ -101,7 +119,7 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
              f"--captions {captions} --out {runs / model}",
              caption.train, model, options, runs / model, config=CONFIGS / f"{model}.yaml", echo=echo)
         step(f"eval {runs / model} --split test --beam 3", caption.evaluate, runs / model, "test", beam=3,
-             device=device, echo=echo)
+             device=device, echo=echo, verbose=verbose)
 
     console.rule("[bold]4. captions for real photos (the extractor recorded in the run, then the model)")
     photos = shipped_photos(out / "photos") or sorted((toy / "val2014").glob("*.jpg"))[:3]

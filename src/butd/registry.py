@@ -90,6 +90,7 @@ REGISTRIES = {
     "preprocessing layouts": "butd.extract.preprocess:PREPROCESSORS",
     "checkpoint layouts": "butd.extract.bua_heads:LAYOUTS",
     "import formats": "butd.shards.importers:IMPORT_FORMATS",
+    "export formats": "butd.shards.exporters:EXPORT_FORMATS",
     "decoders": "butd.models.decoding:DECODERS",
     "schedules": "butd.train.schedules:SCHEDULES",
     "scst baselines": "butd.train.scst:SCST_BASELINES",

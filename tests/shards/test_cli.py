@@ -22,6 +22,7 @@ def test_import_info_verify_export_from_the_command_line(tmp_path):
     r = run(main, ["shards", "export", "--format", "hh-h5", str(tmp_path / "s"), str(tmp_path / "o.h5")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o.h5").exists() and (tmp_path / "o.ids.json").exists()
+    assert (tmp_path / "o_imgid2idx.pkl").exists()  # the index bottom-up-attention-vqa's dataset opens
 
 
 def test_verify_exits_nonzero_on_a_flipped_byte(tmp_path):

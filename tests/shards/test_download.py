@@ -19,7 +19,8 @@ from store_helpers import assert_records_equal
 from butd.cli import main
 from butd.shards import FeatureStore, StoreError, verify_store
 from butd.shards.download import DownloadError, download
-from butd.shards.publish import apply_mirror, check_url, load_registry, publish_store
+from butd.shards.publish import apply_mirror, check_url, publish_store
+from butd.shards.sources import load_registry
 
 FAST = {"backoff": 0.05, "progress": False, "timeout": 5}
 SHARD = "/pub/shard-00000.lmdb"

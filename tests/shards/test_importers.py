@@ -16,9 +16,10 @@ from legacy_format_writers import (
 )
 from store_helpers import assert_records_equal
 
+from butd.errors import UserError
 from butd.shards import FeatureStore, StoreError, scalar, verify_store
+from butd.shards.exporters import export_store
 from butd.shards.importers import ImportRowError, import_files
-from butd.shards.importers.h5 import export_hh_h5
 
 
 def _expected(img: dict, labels: bool = False) -> dict:
@@ -69,7 +70,7 @@ def test_hh_h5_import_export_round_trip(tmp_path):
     (tmp_path / "ids.json").write_text(json.dumps(index))
     import_files("hh-h5", [tmp_path / "train36.hdf5"], tmp_path / "s", ids=tmp_path / "ids.json", progress=False)
     _check_store(tmp_path / "s", images)  # image sizes recovered exactly from the spatial features
-    out = export_hh_h5(FeatureStore(tmp_path / "s"), tmp_path / "out.h5", progress=False)
+    out = export_store("hh-h5", tmp_path / "s", tmp_path / "out.h5", progress=False).outputs[-1]
     exported = json.loads(out.with_suffix(".ids.json").read_text())
     with h5py.File(tmp_path / "train36.hdf5") as a, h5py.File(out) as b:
         for name in ("image_features", "image_bb", "spatial_features"):
@@ -184,6 +185,6 @@ def test_unreadable_h5_and_missing_index(tmp_path):
 
 def test_export_refuses_variable_box_counts(make_store, tmp_path):
     path, _ = make_store(4)
-    with pytest.raises(StoreError, match="same number of boxes"):
-        export_hh_h5(FeatureStore(path), tmp_path / "o.h5", progress=False)
+    with pytest.raises(UserError, match="same number of boxes"):
+        export_store("hh-h5", path, tmp_path / "o.h5", progress=False)
     assert not (tmp_path / "o.h5").exists()

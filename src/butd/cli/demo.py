@@ -29,17 +29,18 @@ def toy_make(root: Path, n_images: int, seed: int) -> None:
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True)
 @click.option("--images", "n_images", type=int, default=160, show_default=True)
-def demo_cmd(out: Path, n_images: int) -> None:
+@click.option("--verbose", is_flag=True, help="Show Ray's and the metric libraries' own output.")
+def demo_cmd(out: Path, n_images: int, verbose: bool) -> None:
     """Run the main job end to end on the embedded toy data."""
     from butd.demo import run_demo
 
-    run_demo(out, n_images=n_images)
+    run_demo(out, n_images=n_images, verbose=verbose)
 
 
 @click.command("registries")
 @click.option("--markdown", is_flag=True, help="Markdown tables (as in ARCHITECTURE.md).")
 def registries_cmd(markdown: bool) -> None:
-    """List every registry: models, extractors, sources, import formats, decoders, schedules, baselines."""
+    """List every registry: models, extractors, sources, import and export formats, decoders, schedules, ..."""
     from butd.registry import REGISTRIES, resolve
 
     for title, ref in REGISTRIES.items():

@@ -13,6 +13,7 @@ from butd.cli.options import RegistryChoice
 __all__ = ["download_cmd", "shards"]
 
 _FORMATS = "butd.shards.importers:IMPORT_FORMATS"
+_EXPORTS = "butd.shards.exporters:EXPORT_FORMATS"
 
 
 @click.group(cls=LazyGroup)
@@ -101,16 +102,31 @@ def shards_import(fmt, skip_bad, allow_pickle, ids, feature_dim, shard_records, 
 
 
 @shards.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["hh-h5"]))
-@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, type=RegistryChoice(_EXPORTS))
+@click.option("--top", type=int, default=None,
+              help="Keep at most K boxes per image: the K most confident (objects_conf), else the first K.")
+@click.option("--pad", is_flag=True, help="Pad images to a fixed box count (--top K, else the store's most) "
+                                          "with zero boxes, for the fixed layouts (hh-h5, lxmert-tsv).")
+@click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON list of image ids: export only these, in this order (default: the whole store).")
+@click.option("--id-format", default=None,
+              help="Python format for the ids written, e.g. COCO_val2014_{:012d} (LXMERT, file names).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def shards_export(fmt: str, store: Path, out: Path) -> None:
-    """Export STORE to OUT (hh-h5 also writes OUT's stem + .ids.json)."""
-    from butd.shards import FeatureStore
-    from butd.shards.importers.h5 import export_hh_h5
+def shards_export(fmt: str, top: int | None, pad: bool, ids_file: Path | None, id_format: str | None,
+                  progress: bool, store: Path, out: Path) -> None:
+    """Export STORE as a layout other code reads: OUT is the file (TSV, h5) or folder (npz-dir; rl-dirs:
+    OUT_att, OUT_fc, OUT_box) to create. See `butd registries` for the formats."""
+    from butd.shards.exporters import export_store, load_ids
 
-    export_hh_h5(FeatureStore(store), out)
-    click.echo(f"wrote {out} and {out.with_suffix('.ids.json')}")
+    s = export_store(fmt, store, out, top=top, pad=pad, ids=load_ids(ids_file) if ids_file else None,
+                     id_format=id_format, progress=progress)
+    click.echo(f"exported {s.records} images as {fmt}: {', '.join(str(p) for p in s.outputs)}")
+    if s.cut or s.padded:
+        click.echo(f"{s.cut} image(s) cut to --top {top}, {s.padded} padded with zero boxes")
+    if s.dropped:
+        click.echo(f"not in the {fmt} layout, so not written: {', '.join(s.dropped)}")
 
 
 @shards.command("publish")
@@ -150,28 +166,30 @@ def publish_cmd(store: Path, outdir: Path, name: str | None, url: str | None, pr
 @click.option("--format", "fmt", type=RegistryChoice(_FORMATS), default=None,
               help="Format of a legacy archive (default: the registry entry's; never guessed from the name).")
 @click.option("--backoff", default=1.0, show_default=True, type=click.FloatRange(min=0), hidden=True)
-@click.option("--list", "list_", is_flag=True, help="List the registry's datasets and detector weights, and exit.")
+@click.option("--list", "list_", is_flag=True,
+              help="List the registry's datasets and detector weights with every known source and its status.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def download_cmd(source: str | None, to: Path | None, jobs: int, registry: Path | None, mirror: str | None,
                  trust_on_first_use: bool, allow_http: bool, timeout: float, retries: int, fmt: str | None,
                  backoff: float, list_: bool, progress: bool) -> None:
     """Download SOURCE into the store --to DIR, verified and resumable.
 
-    SOURCE is the base URL of a published store, a registry name (see --list), or the URL
-    of a legacy feature archive (.zip, with --format), which is imported into DIR after download.
+    SOURCE is the base URL of a published store, a registry name (see --list: its sources are tried in
+    order and the one that served is named), or the URL of a legacy feature archive (.zip, with --format),
+    which is imported into DIR after download.
     """
     from butd.shards.download import download
-    from butd.shards.publish import load_registry
+    from butd.shards.sources import load_registry, source_lines
     from butd.shards.weights_download import download_weights, load_weights_registry
 
     weights = load_weights_registry(registry)
-    if list_:
-        for name, e in sorted(load_registry(registry).items()):
-            pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
-            click.echo(f"{name:28s} {e['format']:11s} {pinned:14s} {e['url']}")
-        for name, e in sorted(weights.items()):
-            pinned = "sha256 pinned" if e.get("sha256") else "no sha256"
-            click.echo(f"{name:28s} {'weights':11s} {pinned:14s} {e['url']}")
+    if list_:  # every entry, then each of its known locations with its reported status and where it was announced
+        for kind, entries in ((None, load_registry(registry)), ("weights", weights)):
+            for name, e in sorted(entries.items()):
+                pinned = "sha256 pinned" if e.get("sha256") else "no sha256 (--trust-on-first-use prints it)"
+                click.echo(f"{name:28s} {kind or e['format']:11s} {pinned}")
+                for line in source_lines(e["sources"]):
+                    click.echo(line)
         return
     if not source or to is None:
         raise click.UsageError("SOURCE and --to DIR are required (or --list)")

@@ -43,7 +43,7 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train on N local processes (torch DDP, 127.0.0.1 only; one GPU each on CUDA). The config's "
                    "batch_size is the global batch. On a cluster use torchrun (see TRAINING.md).")
-@click.option("--verbose", is_flag=True, help="Show torchrun's own messages (with --nproc).")
+@click.option("--verbose", is_flag=True, help="Show the launcher's own notices under --nproc (torchrun's banners).")
 def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
               device: str, nproc: int, verbose: bool, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
@@ -91,6 +91,7 @@ _ANNOTATIONS = click.option("--annotations", type=_file(), multiple=True,
 @click.option("--vqa-eval", type=RegistryChoice("butd.evaluate.vqa_accuracy:VERSIONS"), default=None,
               help="VQA runs: the official evaluator's 2017 rules (challenge, papers; the default) or master "
                    "(2021 fix).")
+@click.option("--verbose", is_flag=True, help="Show the metric libraries' own output (pycocoevalcap, its Java tools).")
 @device_option
 @_FEATURES
 @_CAPTIONS

@@ -4,7 +4,8 @@
 they are passed in (:class:`CocoScorers`, reusable across calls to avoid restarting the METEOR JVM).
 SPICE needs Stanford CoreNLP 3.6.0 jars inside pycocoevalcap's ``spice/lib``; pycocoevalcap would download
 them on first use, which fails offline, so SPICE is only run when the jars are already there and otherwise
-reported as skipped with the reason (one line in ``result["skipped"]["SPICE"]`` and one log line).
+reported as skipped with the reason (one line in ``result["skipped"]["SPICE"]``, for the caller to show).
+What pycocoevalcap and its Java tools print is captured and shown only with ``verbose`` (``quiet.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from butd.evaluate.quiet import library_output
 
 __all__ = ["CocoScorers", "caption_metrics", "ptb_tokenize", "spice_unavailable_reason"]
 
@@ -86,7 +89,7 @@ class CocoScorers:
 def caption_metrics(preds: Mapping[Any, str], refs: Mapping[Any, Sequence[str]], *,
                     scorers: CocoScorers | None = None,
                     tokenizer: Tokenizer | None = ptb_tokenize,
-                    per_item: bool = False) -> dict[str, Any]:
+                    per_item: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Corpus-level COCO caption metrics.
 
     Args:
@@ -95,6 +98,7 @@ def caption_metrics(preds: Mapping[Any, str], refs: Mapping[Any, Sequence[str]],
         scorers: prebuilt scorers; default builds BLEU, METEOR, ROUGE-L, CIDEr and SPICE when available.
         tokenizer: applied to both sides (default PTB tokenizer); ``None`` when inputs are already tokenised.
         per_item: also return ``result["per_item"][metric] -> list`` in the order of ``preds``.
+        verbose: show what pycocoevalcap and its Java tools print (captured otherwise, see ``quiet.py``).
 
     Returns:
         ``{"BLEU-1": .., .., "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", ["SPICE"], "n": N, "skipped": {..}}``.
@@ -111,7 +115,8 @@ def caption_metrics(preds: Mapping[Any, str], refs: Mapping[Any, Sequence[str]],
     res_raw = {k: [preds[k]] for k in ids}
     gts_raw = {k: list(refs[k]) for k in ids}
     if tokenizer is not None:
-        res, gts = tokenizer(res_raw), tokenizer(gts_raw)
+        with library_output(verbose):
+            res, gts = tokenizer(res_raw), tokenizer(gts_raw)
     else:
         res, gts = res_raw, gts_raw
     if scorers is None:
@@ -119,7 +124,8 @@ def caption_metrics(preds: Mapping[Any, str], refs: Mapping[Any, Sequence[str]],
     result: dict[str, Any] = {"n": len(ids)}
     items: dict[str, list[float]] = {}
     for scorer, names in scorers.scorers:
-        score, scores = scorer.compute_score(gts, res)
+        with library_output(verbose):
+            score, scores = scorer.compute_score(gts, res)
         if isinstance(names, list):
             for name, s, ss in zip(names, score, scores, strict=True):
                 result[name] = float(s)
@@ -132,7 +138,7 @@ def caption_metrics(preds: Mapping[Any, str], refs: Mapping[Any, Sequence[str]],
             items[names] = [float(x) for x in scores]
     result["skipped"] = dict(scorers.skipped)
     for reason in scorers.skipped.values():
-        log.warning(reason)
+        log.info(reason)  # the caller shows result["skipped"] (once), so no second copy on the terminal
     if per_item:
         result["per_item"] = items
     return result

@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,16 @@ from butd.shards.importers import IMPORT_FORMATS
 from butd.shards.manifest import sha256_file
 from butd.shards.publish import (
     DownloadError,
-    apply_mirror,
+    DownloadResult,
     check_url,
     describe_failure,
     is_loopback,
-    load_registry,
     parse_published_manifest,
     write_bytes_atomic,
 )
+from butd.shards.sources import load_registry, try_sources
 from butd.shards.spec import FORMAT_NAME, MANIFEST_NAME
-from butd.shards.verify import VerifyReport, verify_store
+from butd.shards.verify import verify_store
 
 STORE_FORMATS = ("store", FORMAT_NAME)
 ARCHIVE_SUFFIXES = (".zip", ".tsv", ".h5", ".hdf5", ".npz", ".tar", ".tar.gz", ".tgz")
@@ -54,19 +53,6 @@ class _Transient(Exception):
 
 class _Stopped(Exception):
     """Another file failed; this one stops (its `.part` is kept for a later resume)."""
-
-
-@dataclass
-class DownloadResult:
-    """What `download` fetched, where it is, and the verification report of the result."""
-
-    path: Path
-    url: str
-    kind: str  # "store" or "archive"
-    files: int
-    bytes: int
-    sha256: str  # of the manifest (store) or of the archive
-    report: VerifyReport
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
@@ -291,6 +277,11 @@ def _download_archive(f: _Fetcher, url: str, to: Path, entry: dict[str, Any], fm
     work.mkdir(parents=True, exist_ok=True)
     name = urlsplit(url).path.rsplit("/", 1)[-1] or "archive"
     size = entry.get("size")
+    came_from = work / f"{name}.source"  # the URL a .part holds bytes of: unpinned bytes never mix sources
+    if entry.get("sha256") is None:
+        if came_from.is_file() and came_from.read_text() != url:
+            (work / f"{name}.part").unlink(missing_ok=True)
+        came_from.write_text(url)
     f.bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
                  disable=None if progress else True)
     try:
@@ -319,6 +310,7 @@ def download(
 ) -> DownloadResult:
     """Fetch SOURCE (a store base URL, a registry name, or a legacy archive URL) into the store `to`.
 
+    A registry name tries the entry's sources in order (``butd.shards.sources``) and logs which one served.
     Raises DownloadError (a StoreError) with a one-line reason; a partial download is resumable.
     """
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -326,24 +318,25 @@ def download(
         is_archive = urlsplit(source).path.lower().endswith(ARCHIVE_SUFFIXES)
         if is_archive and fmt is None:  # never guessed from the file name: a wrong guess imports garbage
             raise DownloadError(f"{source}: an archive URL needs --format ({', '.join(IMPORT_FORMATS)})")
-        entry: dict[str, Any] = {"url": source, "format": fmt if is_archive else "store"}
+        entry: dict[str, Any] = {"sources": [{"url": source, "status": "unknown"}], "format": fmt or "store"}
     else:
         datasets = load_registry(registry)
         if source not in datasets:
-            known = ", ".join(sorted(datasets))
-            raise DownloadError(f"{source!r} is neither a URL nor a registry name (known: {known})")
+            raise DownloadError(f"{source!r}: no such URL or registry name (known: {', '.join(sorted(datasets))})")
         entry = dict(datasets[source])
         is_archive = entry["format"] not in STORE_FORMATS
-    url, fmt = entry["url"], fmt or entry["format"]
+    fmt = fmt or entry["format"]
     if is_archive and fmt not in IMPORT_FORMATS:
         raise DownloadError(f"{source}: unknown archive format {fmt!r} (one of {', '.join(IMPORT_FORMATS)})")
-    url = apply_mirror(url, mirror)
-    check_url(url, allow_http)
     if is_archive and entry.get("sha256") is None and not trust_on_first_use:
-        raise DownloadError(f"{url}: no sha256 is known for this archive, so it cannot be verified; pin "
+        raise DownloadError(f"{source}: no sha256 is known for this archive, so it cannot be verified; pin "
                             "one in a registry (--registry), or pass --trust-on-first-use to accept it")
-    f = _Fetcher(timeout=timeout, retries=retries, backoff=backoff, allow_http=allow_http)
-    if is_archive:
-        return _download_archive(f, url, Path(to), entry, fmt, progress, log)
-    base = url.rstrip("/").removesuffix("/" + MANIFEST_NAME)
-    return _download_store(f, base, Path(to), entry.get("sha256"), jobs, progress, log)
+
+    def attempt(url: str) -> DownloadResult:
+        f = _Fetcher(timeout=timeout, retries=retries, backoff=backoff, allow_http=allow_http)
+        if is_archive:
+            return _download_archive(f, url, Path(to), entry, fmt, progress, log)
+        base = url.rstrip("/").removesuffix("/" + MANIFEST_NAME)
+        return _download_store(f, base, Path(to), entry.get("sha256"), jobs, progress, log)
+
+    return try_sources(entry["sources"], attempt, name=source, mirror=mirror, allow_http=allow_http, log=log)[0]

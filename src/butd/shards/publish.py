@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from butd.shards.manifest import fsync_dir
 from butd.shards.spec import FORMAT_NAME, MANIFEST_NAME, SPEC_VERSION, StoreError
-from butd.shards.verify import verify_store
+from butd.shards.verify import VerifyReport, verify_store
 
 PUBLICATION_INDEX = "index.json"
 PUBLICATION_FORMAT = "butd-features-publication"
@@ -33,6 +34,19 @@ _MAJOR = SPEC_VERSION.split(".")[0]
 
 class DownloadError(StoreError):
     """A download failed for good (after retries, or for a reason retrying cannot fix)."""
+
+
+@dataclass
+class DownloadResult:
+    """What `download` fetched, where it is, and the verification report of the result."""
+
+    path: Path
+    url: str
+    kind: str  # "store" or "archive"
+    files: int
+    bytes: int
+    sha256: str  # of the manifest (store) or of the archive
+    report: VerifyReport
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -181,23 +195,3 @@ def apply_mirror(url: str, mirror: str | None) -> str:
     if not m.scheme or not m.netloc:
         raise DownloadError(f"--mirror {mirror!r}: expected a base URL like https://host[/prefix]")
     return urlunsplit((m.scheme, m.netloc, m.path.rstrip("/") + u.path, u.query, ""))
-
-
-def load_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The shipped registry, with the datasets of `path` (a registry JSON file) added or overriding."""
-    datasets: dict[str, dict[str, Any]] = {}
-    for p in [REGISTRY_PATH, *([Path(path)] if path else [])]:
-        try:
-            reg = json.loads(Path(p).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DownloadError(f"{p}: unreadable registry ({exc})") from None
-        if not isinstance(reg, dict) or reg.get("version") != 1 or not isinstance(reg.get("datasets"), dict):
-            raise DownloadError(f"{p}: not a version-1 registry ({{'version': 1, 'datasets': {{...}}}})")
-        for name, entry in reg["datasets"].items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or "format" not in entry:
-                raise DownloadError(f"{p}: dataset {name!r} needs at least 'url' and 'format'")
-            sha = entry.get("sha256")
-            if sha is not None and not _HEX64.match(str(sha)):
-                raise DownloadError(f"{p}: dataset {name!r} has a malformed sha256 {sha!r}")
-            datasets[name] = entry
-    return datasets

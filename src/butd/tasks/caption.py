@@ -139,7 +139,8 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
     """Caption every image of ``split`` (default test) and score them against the references.
 
     ``options``: ``beam`` (replaces the run's decode width; 1 = greedy), ``decode`` (a whole DecodeConfig),
-    ``scorers`` (pycocoevalcap scorers, for tests), ``features`` / ``captions`` (the data, if it moved).
+    ``scorers`` (pycocoevalcap scorers, for tests), ``features`` / ``captions`` (the data, if it moved),
+    ``verbose`` (show what the metric libraries print).
     Writes ``RUN/captions_{split}.json`` (COCO results format ``[{"image_id", "caption"}]``) and
     ``RUN/eval_{split}.json`` (BLEU-1..4, METEOR, ROUGE-L, CIDEr and SPICE when available, with skipped
     metrics and why). Returns the latter.
@@ -154,13 +155,13 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
     dcfg = with_beam(options.get("decode") or loaded.config.decode, options.get("beam"))
     beam = dcfg.beam if dcfg.method == "beam" else 1
     preds = _captions(loaded, dataset, dcfg)
-    scorers = options.get("scorers")
+    scorers, verbose = options.get("scorers"), bool(options.get("verbose"))
     if shutil.which("java") is not None:  # the COCO protocol: raw references, PTB-tokenised on both sides
         refs = {im.image_id: list(im.raw) for im in dataset.images}
-        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=ptb_tokenize)
+        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=ptb_tokenize, verbose=verbose)
     else:
         refs = {im.image_id: im.refs for im in dataset.images}
-        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=None)
+        metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=None, verbose=verbose)
         metrics["skipped"]["PTB tokenizer"] = "no `java` on PATH: Karpathy tokens used instead"
     results = [{"image_id": _result_id(k), "caption": v} for k, v in preds.items()]
     skipped = metrics.pop("skipped", {})

@@ -32,10 +32,10 @@ def _in_worker() -> tuple[bool, bool]:
 
 
 def worker_argv(model: str, options: dict[str, Any], out: str | Path, config: str | Path | None,
-                resume: bool, verbose: bool = False) -> list[str]:
+                resume: bool) -> list[str]:
     """The `butd train` command line each DDP worker runs (options are named as on the command line)."""
     argv = ["train", "--model", model, "--out", str(out), *(["--config", str(config)] if config else []),
-            *(["--resume"] if resume else []), *(["--verbose"] if verbose else [])]
+            *(["--resume"] if resume else [])]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if value is None or value is False or value == () or value == []:
@@ -91,7 +91,7 @@ def run_training(model: str, options: dict[str, Any], out: str | Path, *, config
             if nproc > 1:
                 from butd.train.launch import launch_local
 
-                return launch_local(nproc, worker_argv(model, options, out, config, resume, verbose))
+                return launch_local(nproc, worker_argv(model, options, out, config, resume), verbose=verbose)
             return mod.train(model, options, out, config=config, resume=resume, echo=echo)
     except BaseException as exc:
         if created and not _has_work(out):

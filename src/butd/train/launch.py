@@ -6,6 +6,7 @@ On a cluster, use ``torchrun`` itself (see TRAINING.md); the trainers read the s
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from butd.errors import UserError
 __all__ = ["LAUNCHED_ENV", "launch_local"]
 
 LAUNCHED_ENV = "BUTD_NPROC_LAUNCHED"  # set for the ranks of `--nproc`: the launching command checked --out
+VERBOSE_ENV = "BUTD_LAUNCH_VERBOSE"  # "1": the launcher shows torchrun's own log lines (`butd train --verbose`)
 
 
 def _loopback_name() -> str:
@@ -26,10 +28,11 @@ def _loopback_name() -> str:
     return names[0] if names else "lo"
 
 
-def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -> int:
+def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd", verbose: bool = False) -> int:
     """Run ``python -m MODULE ARGV`` (``python ARGV`` when ``module`` is None) in ``nproc`` workers on this
     machine through torch's elastic launcher (``torch.distributed.run``), everything bound to 127.0.0.1.
-    Returns the exit status (0 = all ranks ok).
+    Returns the exit status (0 = all ranks ok). The launcher's own log lines (its ``OMP_NUM_THREADS``
+    banner, restarts, failure tables) are shown only with ``verbose``; the workers' output always is.
 
     The launcher runs in a child process whose environment points gloo and NCCL at the loopback interface
     (unless the user set ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``); this process's own environment
@@ -41,15 +44,20 @@ def launch_local(nproc: int, argv: Sequence[str], module: str | None = "butd") -
         raise UserError("--nproc given inside a torchrun worker", "--nproc", "let torchrun start the processes",
                         usage=True)
     lo = _loopback_name()
-    env = {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo, **os.environ, LAUNCHED_ENV: "1"}
+    env = {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo, **os.environ, LAUNCHED_ENV: "1",
+           VERBOSE_ENV: "1" if verbose else "0"}
     cmd = [sys.executable, "-m", "butd.train.launch", str(nproc), module or "", *argv]
     return subprocess.run(cmd, env=env, check=False).returncode
 
 
-def _agent(nproc: int, module: str | None, argv: Sequence[str]) -> int:
+def _agent(nproc: int, module: str | None, argv: Sequence[str], verbose: bool = False) -> int:
     """The launcher process: torch's elastic agent with its rendezvous store on 127.0.0.1 only."""
     from torch.distributed import run as elastic
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if not verbose:  # this process is only the launcher: its loggers are ours to quieten (after torch set them)
+        for name in ("torch.distributed.run", "torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -75,4 +83,4 @@ def _agent(nproc: int, module: str | None, argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_agent(int(sys.argv[1]), sys.argv[2] or None, sys.argv[3:]))
+    sys.exit(_agent(int(sys.argv[1]), sys.argv[2] or None, sys.argv[3:], os.environ.get(VERBOSE_ENV) == "1"))

@@ -175,7 +175,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
                     epochs=config.epochs, device=device, parameters=sum(p.numel() for p in model.parameters()),
                     epoch=state.epoch, step=state.step, name=out_dir.name)
     early = EarlyStopping(config.monitor, config.monitor_mode, config.patience)
-    log = MetricsLog(out_dir, config.log_every, progress.write if echo is not None else None, info.is_main)
+    log = MetricsLog(out_dir, config.log_every, progress.write if echo is not None else None, info.is_main,
+                     config.epochs)
     saver = Checkpoints(out_dir, model, optimizer, config.checkpoint_every, meta, early, state, resume is not None)
     hooks = [*callbacks, early, log, saver]
     net = ddp.wrap_model(model, info, device)

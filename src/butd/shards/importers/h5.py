@@ -1,15 +1,15 @@
-"""bottom-up-attention-vqa h5 ("hh-h5"): import row by row, and export a fixed-box store to it.
+"""bottom-up-attention-vqa h5 ("hh-h5"): import row by row (the export is ``butd.shards.exporters.hh_h5``).
 
 Layout: datasets `image_features` (n,k,D), `image_bb` (n,k,4), `spatial_features` (n,k,6) =
 [x1/W, y1/H, x2/W, y2/H, w/W, h/H] in float32; image id -> row index in a side file (the original
-is a pickle, `*_imgid2idx.pkl`; we write and prefer JSON). The h5 has no image size: we recover
-W and H from boxes and spatial features (exact for integer sizes, see `_image_size`).
+is a pickle, `*_imgid2idx.pkl`, read only with allow_pickle; butd's export also writes `*.ids.json`,
+which is preferred). The h5 has no image size: we recover W and H from boxes and spatial features
+(exact for integer sizes, see `_image_size`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +45,8 @@ def load_id_index(path: Path, *, allow_pickle: bool) -> dict[str, int]:
 
 
 def _default_ids(h5_path: Path) -> Path:
-    for cand in (h5_path.with_suffix(".ids.json"), h5_path.with_name(h5_path.stem + "_imgid2idx.json")):
+    for cand in (h5_path.with_suffix(".ids.json"), h5_path.with_name(h5_path.stem + "_imgid2idx.json"),
+                 h5_path.with_name(h5_path.stem + "_imgid2idx.pkl")):  # the pickle: refused without --allow-pickle
         if cand.exists():
             return cand
     raise StoreError(f"{h5_path}: hh-h5 needs the image-id index: pass --ids FILE "
@@ -104,42 +105,3 @@ def read_hh_h5(sources: list[Path], *, allow_pickle: bool = False, ids: str | Pa
                     "boxes": bb, "features": ft, "num_boxes": scalar(bb.shape[0]),
                     "image_w": scalar(w), "image_h": scalar(h),
                 })
-
-
-def spatial_features(boxes: np.ndarray, image_w: int, image_h: int) -> np.ndarray:
-    """[k,6] float32 [x1/W, y1/H, x2/W, y2/H, w/W, h/H], computed in float32 as the original converter."""
-    w, h = float(image_w), float(image_h)
-    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    sw, sh = bw / np.float32(w), bh / np.float32(h)
-    sx, sy = boxes[:, 0] / np.float32(w), boxes[:, 1] / np.float32(h)
-    return np.stack([sx, sy, sx + sw, sy + sh, sw, sh], axis=1).astype(np.float32)
-
-
-def export_hh_h5(store, out: str | Path, *, progress: bool = True) -> Path:
-    """Write a region store with a fixed number of boxes as hh-h5 plus `OUT.ids.json`."""
-    out = Path(out)
-    if store.kind != "region":
-        raise StoreError("hh-h5 holds region features; this store is a grid store")
-    dims = store.dims
-    if dims["min_boxes"] != dims["max_boxes"]:
-        raise StoreError(f"hh-h5 needs the same number of boxes per image; this store has "
-                         f"{dims['min_boxes']}..{dims['max_boxes']} (extract or import with a fixed count, e.g. 36)")
-    ids = store.image_ids()
-    n, k, d = len(ids), dims["max_boxes"], dims["feature_dim"]
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            feats = f.create_dataset("image_features", (n, k, d), dims["feature_dtype"])
-            bbs = f.create_dataset("image_bb", (n, k, 4), "f")
-            spat = f.create_dataset("spatial_features", (n, k, 6), "f")
-            for row, image_id in enumerate(tqdm(ids, desc="exporting", unit="img", disable=None if progress else True)):
-                rec = store[image_id]
-                feats[row] = rec["features"]
-                bbs[row] = rec["boxes"]
-                spat[row] = spatial_features(rec["boxes"], int(rec["image_w"]), int(rec["image_h"]))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    ids_path = out.with_suffix(".ids.json")
-    ids_path.write_text(json.dumps({i: r for r, i in enumerate(ids)}), encoding="utf-8")
-    return out
