@@ -177,18 +177,24 @@ def test_extract_disk_full_injected(photos, clean_store, tmp_path, monkeypatch):
     assert _records(out) == _records(clean_store)
 
 
-def test_checkpoint_on_a_full_disk_then_resume(tmp_path):
+def _caption_world(tmp_path: Path, n_images: int = 16, **config: object) -> list[str]:
+    """A toy world with its oracle store and a tiny caption config: the `butd train` arguments without --out."""
     from butd.datasets.toy import ToyConfig, make_toy_world
     from butd.datasets.toy_features import write_oracle_store
-    from butd.train.checkpoint import load_checkpoint
 
     toy = tmp_path / "toy"
-    make_toy_world(toy, ToyConfig(n_images=16, seed=2))
+    make_toy_world(toy, ToyConfig(n_images=n_images, seed=2))
     store = write_oracle_store(toy, tmp_path / "store", dim=32)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(SMALL_CAPTION))
-    args = ["train", "--model", "updown", "--features", store, "--captions", toy / "dataset_coco.json",
-            "--config", cfg, "--epochs", "2", "--device", "cpu"]
+    cfg.write_text(yaml.safe_dump({**SMALL_CAPTION, **config}))
+    return ["train", "--model", "updown", "--features", str(store), "--captions", str(toy / "dataset_coco.json"),
+            "--config", str(cfg), "--device", "cpu"]
+
+
+def test_checkpoint_on_a_full_disk_then_resume(tmp_path):
+    from butd.train.checkpoint import load_checkpoint
+
+    args = [*_caption_world(tmp_path), "--epochs", "2"]
     ref = _butd(*args, "--out", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-2000:]
     size = (tmp_path / "ref" / "xe" / "checkpoints" / "last.pt").stat().st_size
@@ -205,17 +211,8 @@ def test_checkpoint_on_a_full_disk_then_resume(tmp_path):
 
 
 def test_two_trainers_on_one_run(tmp_path):
-    from butd.datasets.toy import ToyConfig, make_toy_world
-    from butd.datasets.toy_features import write_oracle_store
-
-    toy = tmp_path / "toy"
-    make_toy_world(toy, ToyConfig(n_images=16, seed=2))
-    store = write_oracle_store(toy, tmp_path / "store", dim=32)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(SMALL_CAPTION))
     run = tmp_path / "run"
-    args = ["train", "--model", "updown", "--features", str(store), "--captions", str(toy / "dataset_coco.json"),
-            "--config", str(cfg), "--device", "cpu", "--out", str(run)]
+    args = [*_caption_world(tmp_path), "--out", str(run)]
     first = subprocess.Popen([sys.executable, "-m", "butd", *args, "--epochs", "500"], env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -236,17 +233,9 @@ def test_two_trainers_on_one_run(tmp_path):
 
 
 def test_ddp_batch_of_every_phase_is_checked_before_any_work(tmp_path):
-    from butd.datasets.toy import ToyConfig, make_toy_world
-    from butd.datasets.toy_features import write_oracle_store
-
-    toy = tmp_path / "toy"
-    make_toy_world(toy, ToyConfig(n_images=8, seed=2))
-    store = write_oracle_store(toy, tmp_path / "store", dim=32)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({**SMALL_CAPTION, "scst": {"epochs": 1, "batch_size": 25}}))
+    args = _caption_world(tmp_path, 8, scst={"epochs": 1, "batch_size": 25})
     t0 = time.perf_counter()
-    r = _butd("train", "--model", "updown", "--features", store, "--captions", toy / "dataset_coco.json",
-              "--config", cfg, "--out", tmp_path / "run", "--nproc", "2", "--device", "cpu")
+    r = _butd(*args, "--out", tmp_path / "run", "--nproc", "2")
     _one_error(r, 2, "batch_size 25 (the global batch) does not divide over 2 processes", "scst.batch_size")
     assert not (tmp_path / "run").exists() and "OMP_NUM_THREADS" not in r.stderr
     assert time.perf_counter() - t0 < 60  # refused at start, not after the XE phase
