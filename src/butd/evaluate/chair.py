@@ -161,11 +161,11 @@ class ChairWords:
     def caption_mentions(self, caption: str) -> list[Mention]:
         return self.mentions(tokenize(caption))
 
-    def category_object(self, name: str, where: str) -> str:
+    def category_object(self, name: str, where: str, kind: str = "instance category") -> str:
         """The object an instance category name counts as (the ``categories`` map, else the word list)."""
         word = self.categories.get(name, name)
         if word not in self.object_of:
-            raise UserError(f"instance category {name!r} is not in the CHAIR word list ({self.source})", where,
+            raise UserError(f"{kind} {name!r} is not in the CHAIR word list ({self.source})", where,
                             "pass --chair-words FILE that lists it (or its 'categories' entry)", usage=True)
         return self.object_of[word]
 

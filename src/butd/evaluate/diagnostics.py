@@ -5,7 +5,7 @@
 * ``bad_ending``: share of captions whose last word cannot end a sentence (:data:`BAD_ENDINGS`: articles,
   prepositions, "is", ... as self-critical.pytorch lists them for its ``remove_bad_endings`` option:
   ruotianluo/self-critical.pytorch ``captioning/models/AttModel.py`` ``bad_endings`` at 4c48a33);
-* ``mean_length``: words per caption;
+* ``mean_length``: words per caption; ``empty``: share of captions without a word;
 * ``vocabulary``: distinct words over all captions;
 * ``in_training``: share of captions that appear verbatim among the training captions (a copied caption),
   compared as lower-case words without punctuation (Karpathy tokens).
@@ -43,19 +43,22 @@ def caption_diagnostics(captions: Mapping[Any, str], training: Iterable[str | Se
     allowed, ends = set(allowed_repeats), set(bad_endings)
     seen = None if training is None else {words_of(t) if isinstance(t, str) else tuple(w.lower() for w in t)
                                           for t in training}
-    repeats, bad, copied, lengths, vocab = [], [], [], [], set()
+    repeats, bad, copied, empty, lengths, vocab = [], [], [], [], [], set()
     for key, caption in captions.items():
         words = words_of(caption)
         lengths.append(len(words))
+        if not words:
+            empty.append(key)
         vocab.update(words)
         content = [w for w in words if w not in allowed]
         if len(content) != len(set(content)):
             repeats.append(key)
-        if not words or words[-1] in ends:
+        if words and words[-1] in ends:
             bad.append(key)
         if seen is not None and words in seen:
             copied.append(key)
     n = len(captions)
     return {"repeat": len(repeats) / n, "bad_ending": len(bad) / n, "mean_length": sum(lengths) / n,
             "vocabulary": len(vocab), "in_training": None if seen is None else len(copied) / n,
-            "n_captions": n, "examples": {"repeat": repeats[:3], "bad_ending": bad[:3], "in_training": copied[:3]}}
+            "empty": len(empty) / n, "n_captions": n,
+            "examples": {"repeat": repeats[:3], "bad_ending": bad[:3], "in_training": copied[:3]}}

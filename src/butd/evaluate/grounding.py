@@ -163,10 +163,15 @@ def load_box_file(path: str | Path, words: ChairWords) -> dict[str, list[tuple[s
                         'give {"format": "butd-grounding-boxes", "images": {"ID": [{"name", "box"}]}}', usage=True)
     out: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
     for image_id, items in data["images"].items():
-        try:
-            out[str(image_id)] = [(words.category_object(str(it["name"]).lower(), str(path)),
-                                   tuple(float(v) for v in it["box"][:4])) for it in items]
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"broken box entry for image {image_id} ({type(e).__name__})", path,
-                            'each entry is {"name": WORD, "box": [x1, y1, x2, y2]}', usage=True) from None
+        boxes = []
+        for it in items if isinstance(items, list) else [None]:
+            try:
+                name, box = str(it["name"]).lower(), tuple(float(v) for v in it["box"])
+                if len(box) != 4:
+                    raise ValueError("a box has 4 numbers")
+            except (KeyError, TypeError, ValueError) as e:
+                raise UserError(f"broken box entry for image {image_id} ({type(e).__name__})", path,
+                                'each entry is {"name": WORD, "box": [x1, y1, x2, y2]}', usage=True) from None
+            boxes.append((words.category_object(name, str(path), "box name"), box))
+        out[str(image_id)] = boxes
     return out
