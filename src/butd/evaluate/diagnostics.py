@@ -1,7 +1,8 @@
 """Caption diagnostics: the defects BLEU and CIDEr do not show.
 
-* ``repeat``: share of captions that use some word twice, words of the allowed list excepted (the Caffe Up-Down
-  decoder's ``allowed_multiple``: ``butd.models.decoding.CAFFE_ALLOWED_REPEATS``);
+* ``repeat``: share of captions that use some word twice, words of the allowed list excepted (the run's
+  ``decode.allowed_repeats``: by default the Caffe Up-Down decoder's ``allowed_multiple``,
+  ``butd.models.decoding.CAFFE_ALLOWED_REPEATS``);
 * ``bad_ending``: share of captions whose last word cannot end a sentence (:data:`BAD_ENDINGS`: articles,
   prepositions, "is", ... as self-critical.pytorch lists them for its ``remove_bad_endings`` option:
   ruotianluo/self-critical.pytorch ``captioning/models/AttModel.py`` ``bad_endings`` at 4c48a33);
@@ -29,15 +30,11 @@ def words_of(caption: str) -> tuple[str, ...]:
 
 
 def caption_diagnostics(captions: Mapping[Any, str], training: Iterable[str | Sequence[str]] | None = None, *,
-                        allowed_repeats: Sequence[str] | None = None,
-                        bad_endings: Sequence[str] = BAD_ENDINGS) -> dict[str, Any]:
+                        allowed_repeats: Sequence[str], bad_endings: Sequence[str] = BAD_ENDINGS) -> dict[str, Any]:
     """Diagnostics of ``captions`` (id -> caption); ``training``: the training captions (strings or token
-    lists), without which ``in_training`` is None. Shares are fractions in [0, 1]; ``examples`` names up to
-    three captions of each defect."""
-    if allowed_repeats is None:
-        from butd.models.decoding import CAFFE_ALLOWED_REPEATS
-
-        allowed_repeats = CAFFE_ALLOWED_REPEATS
+    lists), without which ``in_training`` is None; ``allowed_repeats``: words that may repeat (a run's
+    ``decode.allowed_repeats``, Caffe's list by default). Shares are fractions in [0, 1]; ``examples`` names
+    up to three captions of each defect."""
     if not captions:
         raise ValueError("no captions")
     allowed, ends = set(allowed_repeats), set(bad_endings)
