@@ -9,6 +9,7 @@ import pytest
 from butd.errors import UserError
 from butd.evaluate.chair import load_chair_words
 from butd.evaluate.grounding import (
+    baseline_attention,
     cell_boxes,
     ground_caption,
     grounding_summary,
@@ -106,3 +107,14 @@ def test_records_without_boxes_and_bad_box_files_fail_in_one_line(tmp_path):
         good.write_text(content)
         with pytest.raises(UserError, match=msg):
             load_box_file(good, words)
+
+
+def test_baselines_keep_the_mass_and_lose_the_place():
+    rng = np.random.default_rng(0)
+    att = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    uni = baseline_attention(att, "uniform", rng)
+    assert np.allclose(uni, 1 / 3)
+    shuf = baseline_attention(att, "shuffled", rng)
+    assert np.allclose(np.sort(shuf, 1), np.sort(att, 1)) and shuf.shape == att.shape
+    with pytest.raises(ValueError):
+        baseline_attention(att, "nope", rng)

@@ -30,8 +30,8 @@ import numpy as np
 from butd.errors import UserError
 from butd.evaluate.chair import ChairWords
 
-__all__ = ["IOU_THRESHOLD", "cell_boxes", "ground_caption", "grounding_summary", "iou", "load_box_file",
-           "mass_inside", "record_boxes", "top_regions"]
+__all__ = ["IOU_THRESHOLD", "baseline_attention", "cell_boxes", "ground_caption", "grounding_summary", "iou",
+           "load_box_file", "mass_inside", "record_boxes", "top_regions"]
 
 IOU_THRESHOLD = 0.5
 BOX_FORMAT = "butd-grounding-boxes"
@@ -136,6 +136,17 @@ def ground_caption(words: Sequence[str], attention: np.ndarray, boxes: np.ndarra
         out[t]["grounded"] = bool(iou(boxes[best:best + 1], gt_arr).max() >= IOU_THRESHOLD)
         out[t]["correctness"] = round(mass_inside(boxes, attention[t], gt_arr), 6)
     return out
+
+
+def baseline_attention(attention: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A no-grounding baseline of ``attention`` [T, K]: "uniform" (1/K on every region) or "shuffled" (each
+    step's weights permuted over the regions: as peaked as the model, placed at random)."""
+    att = np.asarray(attention, np.float64)
+    if kind == "uniform":
+        return np.full_like(att, 1.0 / att.shape[1])
+    if kind == "shuffled":
+        return np.stack([row[rng.permutation(len(row))] for row in att]) if len(att) else att
+    raise ValueError(f"unknown baseline {kind!r} (uniform or shuffled)")
 
 
 def grounding_summary(grounded: Mapping[Any, Sequence[dict]]) -> dict[str, Any]:
