@@ -66,7 +66,8 @@ def suffix_singular(token: str) -> str:
 
 def singular(token: str, forms: Mapping[str, str] = IRREGULAR, known: Container[str] = ()) -> str:
     """The singular of a lower-case token: ``forms`` first; a token in ``known`` (the listed words) as it
-    is; else the suffix rule, unless only the token minus its "s" (or the "es" of "-ses") is a listed word.
+    is; a compound of an irregular plural whose singular is listed (dobermen -> doberman); else the suffix
+    rule, unless only the token minus its "s" (or the "es" of "-ses") is a listed word.
 
     ``known`` makes plurals of listed words ending in a vowel + s count (taxis -> taxi when "taxi" is
     listed, magpies -> magpie) while tennis stays tennis when "tenni" is not listed.
@@ -75,6 +76,9 @@ def singular(token: str, forms: Mapping[str, str] = IRREGULAR, known: Container[
         return forms[token]
     if token in known:
         return token
+    for plural, single in IRREGULAR.items():  # compounds: dobermen -> doberman, grandchildren -> grandchild
+        if token.endswith(plural) and token[:-len(plural)] + single in known:
+            return token[:-len(plural)] + single
     rule = suffix_singular(token)
     if rule not in known and token.endswith("s"):
         for cand in (token[:-1], token[:-2] if token.endswith("ses") else ""):
@@ -188,8 +192,9 @@ def load_chair_words(path: str | Path | None = None) -> ChairWords:
 
     * ``"format": "butd-chair-words"`` and ``"objects"``: a list of synonym lists, the first word of each
       being the object's name (e.g. ``["dog", "puppy", "doggy"]``); words may be two words ("teddy bear");
-    * optional ``"phrases"``: ``{"baby bird": "bird"}``, two singular words read as one word;
-      every two-word object word is a phrase of itself;
+    * optional ``"phrases"``: ``{"baby bird": "bird"}``, two singular words read as one word; every
+      two-word object word is a phrase of itself unless ``"object_phrases": false`` (the COCO list: the
+      reference merges only the phrases it lists, so "dining table" counts as its word "table");
     * optional ``"forms"``: ``{"men": "man"}``, singulars the suffix rules get wrong (added to ``IRREGULAR``);
     * optional ``"drop_with"``: ``{"seat": "toilet"}``, a word ignored when the other is in the caption;
     * optional ``"categories"``: instance category name -> a listed word, where the names differ.
@@ -213,7 +218,8 @@ def load_chair_words(path: str | Path | None = None) -> ChairWords:
     for text in [w for w in object_of if " " in w]:
         if len(text.split()) != 2:
             raise _bad_words(f"object word {text!r} has more than two words", path)
-    for text, word in {**{w: w for w in object_of if " " in w}, **_str_map(data, "phrases", path)}.items():
+    own = {w: w for w in object_of if " " in w} if data.get("object_phrases", True) is not False else {}
+    for text, word in {**own, **_str_map(data, "phrases", path)}.items():
         parts = tuple(text.split())
         if len(parts) != 2:
             raise _bad_words(f"phrase {text!r} is not two words", path)
