@@ -93,6 +93,8 @@ def test_records_without_boxes_and_bad_box_files_fail_in_one_line(tmp_path):
     with pytest.raises(UserError, match="the feature store has no boxes") as e:
         record_boxes({"features": np.zeros((3, 4)), "num_boxes": np.int32(3)}, 3)
     assert e.value.usage and "\n" not in e.value.line()
+    with pytest.raises(UserError, match="boxes are all empty"):
+        record_boxes({"boxes": np.zeros((3, 4), np.float32), "features": np.zeros((3, 4))}, 3)
     words = load_chair_words()
     good = tmp_path / "boxes.json"
     good.write_text(json.dumps({"format": "butd-grounding-boxes",

@@ -95,7 +95,11 @@ def record_boxes(rec: Mapping[str, Any], k: int, where: Any = "--attention") -> 
     if "boxes" not in rec or len(rec["boxes"]) < k:
         raise UserError("the feature store has no boxes for its regions", where,
                         "use a store made by `butd extract` or an import with boxes for --attention", usage=True)
-    return np.asarray(rec["boxes"][:k], np.float64)
+    boxes = np.asarray(rec["boxes"][:k], np.float64)
+    if k and not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).any():
+        raise UserError("the feature store's boxes are all empty (zero-filled)", where,
+                        "use a store whose regions have their boxes for --attention", usage=True)
+    return boxes
 
 
 def top_regions(weights: np.ndarray, boxes: np.ndarray, labels: Sequence[str] = (), k: int = 3) -> list[dict]:
