@@ -17,7 +17,7 @@ from butd.evaluate.chair import (
     tokenize,
 )
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "chair_fixture.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "chair_fixture.json").read_text())
 CASES, EXPECTED = FIXTURE["cases"], FIXTURE["expected"]
 
 

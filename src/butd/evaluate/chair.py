@@ -17,7 +17,7 @@ How a caption becomes mentions, as the reference does it: lower-case, tokenise (
 Penn-Treebank rules of ``nltk.word_tokenize`` that matter for words), singularise each token
 (:func:`singular`), merge the listed two-word phrases left to right ("teddy bear", "baby bird" -> "bird"),
 drop a word when its blocker is present ("seat" with "toilet": a toilet seat is not a chair), keep the words
-in the list. The word list is data (``data/chair_words.json``, format in :func:`load_chair_words`).
+in the list. The word list is data (``lists/chair_words.json``, format in :func:`load_chair_words`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from butd.errors import UserError
 __all__ = ["COCO_WORDS", "ChairWords", "Mention", "chair", "ground_truth_objects", "load_chair_words",
            "load_instances", "singular", "suffix_singular", "tokenize"]
 
-COCO_WORDS = Path(__file__).with_name("data") / "chair_words.json"
+COCO_WORDS = Path(__file__).with_name("lists") / "chair_words.json"
 FORMAT = "butd-chair-words"
 
 # Plurals no suffix rule can undo; a word list's "forms" add to or override these.

@@ -262,11 +262,11 @@ def vqa_accuracy(
 
 def question_types() -> tuple[str, ...]:
     """The official evaluator's 65 VQA v2 question types (GT-Vision-Lab/VQA
-    ``QuestionTypes/mscoco_question_types.txt``, kept in ``data/vqa_question_types.json``), in its order."""
+    ``QuestionTypes/mscoco_question_types.txt``, kept in ``lists/vqa_question_types.json``), in its order."""
     import json
     from pathlib import Path
 
-    path = Path(__file__).with_name("data") / "vqa_question_types.json"
+    path = Path(__file__).with_name("lists") / "vqa_question_types.json"
     return tuple(json.loads(path.read_text(encoding="utf-8"))["types"])
 
 
