@@ -27,7 +27,8 @@ from butd.datasets.toy_features import write_oracle_store
 from butd.evaluate.cider import CiderD
 from butd.models.decoding import CAFFE_ALLOWED_REPEATS, DecodeConfig
 from butd.shards import FeatureStore
-from butd.train.caption import CaptionPaths, generate_captions, load_caption_config, load_caption_run, train_caption
+from butd.tasks.caption import load_run
+from butd.train.caption import CaptionPaths, generate_captions, load_caption_config, train_caption
 
 SMALL = {"embed_dim": 64, "hidden_dim": 128, "att_dim": 32, "dropout": 0.1}
 DECODES = {
@@ -60,7 +61,8 @@ def main() -> None:
         t0 = time.perf_counter()
         train_caption(cfg, CaptionPaths(str(store_path), str(captions)), root / "run", echo=None)
         train_s = time.perf_counter() - t0
-        cfg, model, vocab, _ = load_caption_run(root / "run")
+        loaded = load_run(root / "run")
+        cfg, model, vocab = loaded.config, loaded.model, loaded.vocab
         test = CaptionDataset(split_images(load_karpathy(captions), "test"), FeatureStore(store_path), vocab,
                               cfg.data, per_caption=False)
         refs = {im.image_id: im.refs for im in test.images}

@@ -26,7 +26,8 @@ import torch
 
 from butd.datasets.toy_features import oracle_vqa_world
 from butd.evaluate.vqa_accuracy import normalize_answer, vqa_accuracy
-from butd.train.vqa import VQAPaths, eval_run, load_config, train_vqa
+from butd.tasks.vqa import evaluate
+from butd.train.vqa import VQAPaths, load_config, train_vqa
 
 OLD = {
     "model": {"hidden_dim": 512, "attention_dim": 512, "joint_dim": 512, "classifier_dim": 512, "dropout": 0.0},
@@ -60,7 +61,7 @@ def _run(name: str, overrides: dict, paths: VQAPaths, out: Path, epochs: int) ->
                                                    "log_every": 0, "num_workers": 0}})
     t0 = time.perf_counter()
     train_vqa(cfg, paths, out / name, echo=None)
-    return eval_run(out / name, "val", echo=None), time.perf_counter() - t0
+    return evaluate(out / name, "val"), time.perf_counter() - t0
 
 
 def _row(name: str, res: dict, secs: float | None = None) -> str:

@@ -27,3 +27,4 @@ def pytest_configure(config):
     if workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
+

@@ -45,7 +45,7 @@ def test_eval_and_caption_refuse_what_is_not_a_suitable_run(tmp_path):
     img = tmp_path / "x.jpg"
     img.write_bytes(b"")
     r = run(main, ["caption", str(tmp_path), str(img)])
-    assert r.exit_code == 2 and "this is a VQA run; `butd caption` needs a captioning run" in r.output
+    assert r.exit_code == 2 and "this is a vqa run, not a caption run" in r.output
     (tmp_path / "run.json").write_text("{not json")
     r = run(main, ["eval", str(tmp_path)])
     assert r.exit_code == 1 and "run.json is unreadable" in r.output and len(_lines(r.output)) == 1

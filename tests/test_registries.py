@@ -8,9 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from butd.cli import main
-from butd.cli.demo import REGISTRIES
 from butd.config import load_config
-from butd.registry import resolve
+from butd.registry import REGISTRIES, resolve
 
 ENTRIES = [(title, name) for title, ref in REGISTRIES.items() for name in resolve(ref).names()]
 TASK_FUNCTIONS = ("train", "load_run", "evaluate", "predict", "report_items", "featurize")
@@ -24,6 +23,8 @@ def test_every_entry_resolves_and_is_documented(title, name):
     built = reg.builder(name)
     if title == "tasks":  # a task is a module with the task-layer functions
         assert all(callable(getattr(built, f)) for f in TASK_FUNCTIONS) and built.SPLIT
+    elif title == "checkpoint layouts":  # a table of facts: the entry is the Layout itself
+        assert built.name == name
     else:
         assert callable(built)
     assert entry.doc
@@ -31,7 +32,7 @@ def test_every_entry_resolves_and_is_documented(title, name):
     if cls is not None:
         assert dataclasses.is_dataclass(cls) and load_config(cls) == cls()
     listed = CliRunner().invoke(main, ["registries"]).output
-    rows = {line[:15].strip(): line[15:].strip().split(", ") for line in listed.splitlines()}
+    rows = {line[:23].strip(): line[23:].strip().split(", ") for line in listed.splitlines()}
     assert name in rows[title]
     assert f"| `{name}` | {entry.doc} |" in CliRunner().invoke(main, ["registries", "--markdown"]).output
 

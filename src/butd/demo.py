@@ -60,13 +60,13 @@ class _Steps:
 def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = None) -> dict:
     """Run every stage on a fresh toy world in `out`; returns the headline numbers."""
     from butd.datasets.toy import ToyConfig, make_toy_world
+    from butd.devices import resolve_device
     from butd.evaluate.report import write_report
     from butd.extract.registry import extractor_config
     from butd.extract.runner import run_extraction
     from butd.extract.sources import iter_source
     from butd.shards import verify_store
     from butd.tasks import task_module
-    from butd.tasks.common import resolve_device
 
     console = console or Console()
     echo = console.print

@@ -16,7 +16,7 @@ from typing import Any
 
 from butd.errors import UserError
 
-__all__ = ["Entry", "Registry", "resolve"]
+__all__ = ["REGISTRIES", "Entry", "Registry", "resolve"]
 
 
 def resolve(ref: Any) -> Any:
@@ -78,3 +78,22 @@ class Registry:
         """A Markdown table of the entries (the docs are generated from this, never typed by hand)."""
         rows = [f"| `{n}` | {self.table[n].doc} |" for n in self.names()]
         return "\n".join([f"| {self.kind} | what |", "|---|---|", *rows])
+
+
+# Every registry of the project ("module:attr", imported on use): the CLI choices, `butd registries`,
+# ARCHITECTURE.md's generated tables and the parametrised tests read this list.
+REGISTRIES = {
+    "models": "butd.models.registry:MODELS",
+    "extractors": "butd.extract.registry:EXTRACTORS",
+    "sources": "butd.extract.sources:SOURCES",
+    "boxes policies": "butd.extract.selection:POLICIES",
+    "preprocessing layouts": "butd.extract.preprocess:PREPROCESSORS",
+    "checkpoint layouts": "butd.extract.bua_heads:LAYOUTS",
+    "import formats": "butd.shards.importers:IMPORT_FORMATS",
+    "decoders": "butd.models.decoding:DECODERS",
+    "schedules": "butd.train.schedules:SCHEDULES",
+    "scst baselines": "butd.train.scst:SCST_BASELINES",
+    "optimizers": "butd.train.vqa:OPTIMIZERS",
+    "vqa evaluator versions": "butd.evaluate.vqa_accuracy:VERSIONS",
+    "tasks": "butd.tasks:TASKS",
+}

@@ -115,7 +115,7 @@ def test_the_two_rules_differ_where_the_issue_says():
 def test_registry_and_bad_input():
     assert isinstance(build_preprocessor("caffe"), CaffePreprocessor)
     assert isinstance(build_preprocessor("d2", 160, 320), D2Preprocessor)
-    with pytest.raises(ValueError, match="no preprocessing for layout"):
+    with pytest.raises(ValueError, match="unknown preprocessing layout"):
         build_preprocessor("yolo")
     for bad in (np.zeros((4, 4), np.uint8), np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4, 4), np.uint8)):
         with pytest.raises(ValueError, match="expected an RGB image"):

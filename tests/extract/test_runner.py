@@ -113,7 +113,7 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     assert cat["features"].shape == (9, 1280) and (int(cat["image_w"]), int(cat["image_h"])) == (451, 300)
     fails = [json.loads(x) for x in (out / FAILURES_NAME).read_text().splitlines()]
     assert [f["image_id"] for f in fails] == ["text", "truncated", "zero"]
-    assert all(f["reason"] and Path(f["path"]).name == f["image_id"] + ".jpg" for f in fails)
+    assert all(f["reason"] and Path(f["where"]).name == f["image_id"] + ".jpg" for f in fails)
     # a rerun of a finished store is a no-op, summarised for a person unless --json
     again = CliRunner().invoke(main, ["extract", *args])
     assert again.exit_code == 3 and again.stdout.splitlines() == [

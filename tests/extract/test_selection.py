@@ -10,7 +10,7 @@ from butd.extract.selection import POLICIES, AirsplaySelection, CaffeSelection, 
 
 
 def test_registry_names_and_settings():
-    assert list(POLICIES) == ["caffe", "airsplay-36"]
+    assert list(POLICIES) == ["airsplay-36", "caffe"]
     c = build_policy("caffe", min_boxes=36, max_boxes=36, conf_thresh=0.1, box_source="regressed")
     assert isinstance(c, CaffeSelection) and (c.min_boxes, c.max_boxes, c.conf_thresh) == (36, 36, 0.1)
     a = build_policy("airsplay-36")

@@ -78,4 +78,4 @@ def test_answer_and_report_with_the_runs_extractor(world, tmp_path):
     assert "attention over the grid" in out and (tmp_path / "a.png").is_file()
     _ok(["report", str(run), "--n", "3", "--out", str(tmp_path / "v.html")])
     r = CliRunner().invoke(main, ["caption", str(run), str(photo)])
-    assert r.exit_code == 2 and "needs a captioning run" in r.output
+    assert r.exit_code == 2 and "this is a vqa run, not a caption run" in r.output

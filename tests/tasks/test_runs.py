@@ -62,7 +62,8 @@ def test_both_tasks_write_the_same_run_format(runs):
     infos = {t: json.loads((r / "run.json").read_text()) for t, r in runs.items()}
     keys = {t: set(i) - {"summary", "data_report", "num_answers", "vocab_size"} for t, i in infos.items()}
     assert keys["caption"] == keys["vqa"] == {"format", "version", "task", "model", "data", "store", "vocab",
-                                              "checkpoints", "world_size"}
+                                              "checkpoints", "world_size", "status", "skip_missing"}
+    assert infos["caption"]["status"] == infos["vqa"]["status"] == "finished"
     for task, run in runs.items():
         info = infos[task]
         assert info["task"] == task and info["format"] == "butd-run"
@@ -84,7 +85,7 @@ def test_a_moved_run_works_from_another_working_directory(runs, task, tmp_path, 
     shutil.copytree(runs[task].parent, moved)  # the run with its data, as a user moves a project folder
     monkeypatch.chdir(tmp_path)  # neither the old nor the new folder
     mod = task_module(task)
-    result = mod.evaluate(moved / "run", mod.SPLIT, beam=1, device="cpu")
+    result = mod.evaluate(moved / "run", mod.SPLIT, device="cpu", **({"beam": 1} if task == "caption" else {}))
     assert (moved / "run" / f"eval_{mod.SPLIT}.json").is_file() and result
 
 
@@ -93,10 +94,11 @@ def test_data_that_moved_alone_is_named_then_found_with_overrides(runs, task, tm
     """Last in this module: it moves the fixture's store away, so neither recorded path finds it."""
     run = runs[task]
     shutil.move(run.parent / "store", tmp_path / "store-new")
-    r = CliRunner().invoke(main, ["eval", str(run), "--beam", "1", "--device", "cpu"])
+    beam = ["--beam", "1"] if task == "caption" else []
+    r = CliRunner().invoke(main, ["eval", str(run), *beam, "--device", "cpu"])
     lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith("device:")]
     assert r.exit_code == 1 and len(lines) == 1
     assert lines[0].startswith("Error: a file the run was trained on is gone (") and "pass --features" in lines[0]
-    r = CliRunner().invoke(main, ["eval", str(run), "--beam", "1", "--device", "cpu",
+    r = CliRunner().invoke(main, ["eval", str(run), *beam, "--device", "cpu",
                                   "--features", str(tmp_path / "store-new")])
     assert r.exit_code == 0, r.output

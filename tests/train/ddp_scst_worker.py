@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from butd.datasets.captions import CaptionDataset, DataConfig, collate_captions, load_karpathy, split_images
-from butd.datasets.vocab import Vocab
+from butd.datasets.vocab import Vocab, tokens_to_text
 from butd.evaluate.cider import CiderD
 from butd.models.decoding import greedy_decode, sample_decode
 from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
 from butd.train import distributed as ddp
-from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
+from butd.train.scst import ScstConfig, ScstObjective
 
 GLOBAL_BATCH = 8
 

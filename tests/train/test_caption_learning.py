@@ -10,23 +10,24 @@ import pytest
 import torch
 
 from butd.datasets.captions import CaptionDataset, DataConfig, collate_captions, load_karpathy, split_images
+from butd.datasets.vocab import tokens_to_text
 from butd.evaluate.cider import CiderD
 from butd.models.decoding import DecodeConfig, sample_decode
 from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
-from butd.train.caption import (
-    CaptionPaths,
-    cider_of,
-    generate_captions,
-    load_caption_config,
-    load_caption_run,
-    train_caption,
-)
+from butd.tasks.caption import load_run
+from butd.train.caption import CaptionPaths, generate_captions, load_caption_config, train_caption
 from butd.train.checkpoint import load_checkpoint
-from butd.train.scst import ScstConfig, ScstObjective, tokens_to_text
+from butd.train.scst import ScstConfig, ScstObjective
 
 SMALL = {"embed_dim": 64, "hidden_dim": 128, "att_dim": 32, "dropout": 0.1}
 
+
+
+def _cider_of(model, dataset, vocab, scorer) -> float:
+    """Mean CIDEr-D of the model's greedy captions of a per-image dataset."""
+    preds = generate_captions(model, dataset, vocab, DecodeConfig(method="greedy"))
+    return scorer.score(preds, {im.image_id: im.refs for im in dataset.images})[0]
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> tuple[Path, Path]:
@@ -66,7 +67,8 @@ def test_xe_then_scst_updown(toy, tmp_path) -> None:
         assert (run / name).is_file(), name
     assert json.loads((run / "run.json").read_text())["summary"]["phases"].keys() == {"xe", "scst"}
 
-    cfg, model, vocab, info = load_caption_run(run)
+    loaded = load_run(run)
+    cfg, model, vocab = loaded.config, loaded.model, loaded.vocab
     images = load_karpathy(captions)
     store = FeatureStore(store_path)
     val = CaptionDataset(split_images(images, "val"), store, vocab, cfg.data, per_caption=False)
@@ -74,12 +76,12 @@ def test_xe_then_scst_updown(toy, tmp_path) -> None:
     # XE model: greedy captions beat the most frequent training caption by a wide margin
     xe_model = build_caption_model("updown", len(vocab), store.feature_dim, cfg.model)
     xe_model.load_state_dict(load_checkpoint(run / "xe" / "checkpoints" / "best.pt").model)
-    xe_cider = cider_of(xe_model, val, vocab, val_scorer)
+    xe_cider = _cider_of(xe_model, val, vocab, val_scorer)
     train_imgs = split_images(images, "train")
     most_frequent = Counter(r for im in train_imgs for r in im.refs).most_common(1)[0][0]
     trivial = val_scorer.score_lists([most_frequent] * len(val), [im.refs for im in val.images])[0]
     assert xe_cider > 2.0 * trivial and xe_cider > trivial + 0.5, (xe_cider, trivial)
-    assert summary["val_cider_d"] == pytest.approx(cider_of(model, val, vocab, val_scorer))
+    assert summary["val_cider_d"] == pytest.approx(_cider_of(model, val, vocab, val_scorer))
 
     # decoding recipes on the learned model: Caffe's repeat block and the exact max_len hold, and beam 5 with
     # the block is no worse than greedy (RECIPES.md; bench/updown_decode.py measures the gain)

@@ -269,7 +269,8 @@ def test_two_process_run_binds_and_talks_only_over_loopback(killed):
 def test_resume_after_a_killed_rank_finishes_like_an_uninterrupted_run(toy, run2, killed, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(killed[0], out)
-    assert (out / "scst" / "checkpoints" / "last.pt").is_file() and not (out / "run.json").exists()
+    assert (out / "scst" / "checkpoints" / "last.pt").is_file()
+    assert json.loads((out / "run.json").read_text())["status"] == "training"  # killed: not finished
     proc = subprocess.run(_train_cmd(toy, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((run / "run.json").read_text())["summary"] for run in (run2, out))

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from butd.cli import main
 from butd.datasets.toy_features import oracle_vqa_world
 from butd.evaluate.vqa_accuracy import normalize_answer, vqa_accuracy
-from butd.train.vqa import VQAPaths, eval_run, load_config, train_vqa
+from butd.tasks.vqa import evaluate
+from butd.train.vqa import VQAPaths, load_config, train_vqa
 
 SMALL_MODEL = {
     "word_dim": 64,
@@ -61,7 +62,7 @@ def _learn(tmp_path: Path, n_images: int, epochs: int) -> dict[str, tuple[float,
         },
     )
     train_vqa(cfg, paths, tmp_path / "run", echo=None)
-    eval_run(tmp_path / "run", "val", echo=None)
+    evaluate(tmp_path / "run", "val")
     results = json.loads((tmp_path / "run" / "results_val.json").read_text())
     return _by_category(paths, {r["question_id"]: r["answer"] for r in results})
 
@@ -125,7 +126,7 @@ def test_cli_train_and_eval_write_a_complete_run(tmp_path: Path) -> None:
         assert (run / name).exists(), name
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["loop"]["epochs"] == 2 and saved["model"]["hidden_dim"] == 16
-    res = eval_run(run, "val", echo=None)
+    res = evaluate(run, "val")
     assert set(res["per_answer_type"]) <= {"yes/no", "number", "other"} and 0 <= res["overall"] <= 100
     assert json.loads((run / "eval_val.json").read_text())["overall"] == res["overall"]
     preds = json.loads((run / "results_val.json").read_text())

@@ -12,7 +12,7 @@ import importlib
 import click
 
 from butd import __version__
-from butd.errors import EXIT_FAILURE, UserError
+from butd.errors import EXIT_FAILURE, UserError, io_error
 
 __all__ = ["main"]
 
@@ -29,6 +29,8 @@ def one_line(exc: BaseException) -> OneLineError:
     """The one-line CLI error for a library exception."""
     if isinstance(exc, UserError):
         return OneLineError(exc.line(), exc.exit_code)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OneLineError(io_error(exc).line(), EXIT_FAILURE)
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return OneLineError(text, EXIT_FAILURE)
 

@@ -7,20 +7,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["REGISTRIES", "demo_cmd", "registries_cmd", "toy"]
-
-# Every registry of the project: the CLI choices, ARCHITECTURE.md's tables and the parametrised tests read these.
-REGISTRIES = {
-    "models": "butd.models.registry:MODELS",
-    "extractors": "butd.extract.registry:EXTRACTORS",
-    "sources": "butd.extract.sources:SOURCES",
-    "import formats": "butd.shards.importers:IMPORT_FORMATS",
-    "decoders": "butd.models.decoding:DECODERS",
-    "schedules": "butd.train.loop:SCHEDULES",
-    "scst baselines": "butd.train.scst:SCST_BASELINES",
-    "tasks": "butd.tasks:TASKS",
-}
-
+__all__ = ["demo_cmd", "registries_cmd", "toy"]
 
 @click.group()
 def toy() -> None:
@@ -53,11 +40,11 @@ def demo_cmd(out: Path, n_images: int) -> None:
 @click.option("--markdown", is_flag=True, help="Markdown tables (as in ARCHITECTURE.md).")
 def registries_cmd(markdown: bool) -> None:
     """List every registry: models, extractors, sources, import formats, decoders, schedules, baselines."""
-    from butd.registry import resolve
+    from butd.registry import REGISTRIES, resolve
 
     for title, ref in REGISTRIES.items():
         reg = resolve(ref)
         if markdown:
             click.echo(f"\n#### {title} (`{ref.replace(':', '.')}`)\n\n{reg.markdown()}")
         else:
-            click.echo(f"{title:15s} {', '.join(reg.names())}")
+            click.echo(f"{title:23s} {', '.join(reg.names())}")

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from butd.cli import LazyGroup
 from butd.cli.options import RegistryChoice, device_option
-from butd.errors import UserError
-from butd.extract.selection import POLICIES
 
 __all__ = ["extract_cmd", "weights"]
 
@@ -40,7 +37,7 @@ __all__ = ["extract_cmd", "weights"]
 @click.option("--conf-thresh", type=float, default=None, help="Detector: keep boxes at least this confident (0.2).")
 @click.option("--box-source", type=click.Choice(["proposals", "regressed"]), default=None,
               help="Detector: store the pooled proposal boxes (as the original) or the class-regressed ones.")
-@click.option("--boxes-policy", type=click.Choice(list(POLICIES)), default=None,
+@click.option("--boxes-policy", type=RegistryChoice("butd.extract.selection:POLICIES"), default=None,
               help="Detector: box selection of this original (caffe: generate_tsv.py 10-100 / fixed N; "
                    "airsplay-36: py-bottom-up-attention's 36 boxes). See features_spec.md.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per shard / work unit.")
@@ -65,78 +62,21 @@ def extract_cmd(dataset: str, root: str, extractor: str, mode: str | None, weigh
     Exit status: 0 when every image is in the store, 3 when some could not be read (listed in
     OUT/failures.jsonl), 1 when none could.
     """
-    from butd.config import read_yaml
-    from butd.extract.registry import extractor_config
-    from butd.extract.runner import run_extraction
-    from butd.extract.sources import iter_source, load_boxes, with_boxes
-    from butd.shards import verify_store
-    from butd.tasks.common import resolve_device
+    from butd.extract.job import extract
 
-    given: dict[str, Any] = {"mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size,
-                             "device": device, "min_boxes": min_boxes, "max_boxes": max_boxes,
-                             "conf_thresh": conf_thresh, "box_source": box_source,
-                             "boxes_policy": boxes_policy}
-    if boxes_policy == "airsplay-36" and box_source == "proposals":
-        raise click.UsageError("--boxes-policy airsplay-36 stores the regressed boxes; --box-source proposals "
-                               "applies to --boxes-policy caffe only")
-    if device == "auto":
-        given["device"] = None  # the config file's or the extractor's default (auto)
-    cfg = extractor_config(extractor, read_yaml(config_file) if config_file else None,
-                           **{k: v for k, v in given.items() if v is not None})
-    if address is None and str(cfg.device).startswith("cuda"):  # a GPU asked for but absent stops here
-        resolve_device(cfg.device)
-    check_weights(extractor, cfg.weights)
-    click.echo(f"extractor {extractor}, mode {cfg.mode}, weights {cfg.weights or 'shipped'}", err=True)
-    items = iter_source(dataset, root, mode=cfg.mode)
-    if boxes_file:
-        items = with_boxes(items, load_boxes(boxes_file))
-    items = list(items)
-    if items and not any(Path(it.path).is_file() for it in items):
-        raise UserError(f"none of the {len(items)} images the {dataset} layout lists exists "
-                        f"(first: {items[0].path})", root, "check --root, or choose the --dataset of its layout",
-                        usage=True)
-    summary = run_extraction(items, cfg, out, address=address, workers=workers, shard_size=shard_size,
-                             batch_size=batch_size, progress=not no_progress, threads=threads, verbose=verbose,
-                             source_info={"dataset": dataset, "root": str(Path(root).resolve())},
-                             log=lambda message: click.echo(message, err=True))
-    if verify:
-        report = verify_store(out, progress=False)
-        if not report.ok:
-            for p in report.problems:
-                click.echo(f"verify: {p}", err=True)
-            raise UserError("the store failed verification", out, "extract into a new --out")
+    settings = {"mode": mode, "weights": weights, "fp16": fp16, "image_size": image_size, "device": device,
+                "min_boxes": min_boxes, "max_boxes": max_boxes, "conf_thresh": conf_thresh, "box_source": box_source,
+                "boxes_policy": boxes_policy}
+    summary = extract(dataset, root, extractor, out, settings=settings, config_file=config_file,
+                      boxes_file=boxes_file, address=address, workers=workers, threads=threads,
+                      shard_size=shard_size, batch_size=batch_size, progress=not no_progress, verify=verify,
+                      verbose=verbose, log=lambda message: click.echo(message, err=True))
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
         for line in summary.lines():
             click.echo(line)
     sys.exit(summary.exit_code)
-
-
-def check_weights(extractor: str, weights: str | None) -> None:
-    """Weights are explicit: an extractor without shipped weights needs ``--weights FILE`` (or ``random``,
-    said out loud), and a file or an ImageNet download is checked here, before any worker starts."""
-    from butd.extract.registry import EXTRACTORS
-
-    info = EXTRACTORS.entry(extractor).info
-    if weights is None and not info.get("shipped_weights"):
-        hint = "--weights FILE (README: published checkpoints)"
-        if info.get("imagenet"):
-            hint += ", --weights imagenet"
-        raise UserError(f"{extractor} has no shipped weights", "--weights not given",
-                        f"pass {hint}, or --weights random for tests (meaningless features)", usage=True)
-    if weights == "random":
-        click.echo(f"warning: {extractor} with random weights: the features are meaningless (tests only)", err=True)
-    elif weights == "imagenet":
-        if not info.get("imagenet"):
-            raise UserError(f"{extractor} has no ImageNet weights", "--weights imagenet",
-                            "pass --weights FILE (README: published checkpoints)", usage=True)
-        if info.get("imagenet") != "shipped":
-            from butd.extract.grid import fetch_imagenet
-
-            fetch_imagenet(extractor)
-    elif weights is not None and not Path(weights).is_file():
-        raise UserError("no such weights file", weights, "pass an existing --weights FILE", usage=True)
 
 
 @click.group(cls=LazyGroup)

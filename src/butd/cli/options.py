@@ -40,7 +40,7 @@ def device_option(fn: Callable) -> Callable:
 
 def pick_device(name: str) -> str:
     """Resolve ``--device`` and say once which device runs."""
-    from butd.tasks.common import resolve_device
+    from butd.devices import resolve_device
 
     device = resolve_device(name)
     if os.environ.get("RANK", "0") == "0":  # once per job, not once per DDP rank

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,6 @@ from butd.errors import UserError
 __all__ = ["answer_cmd", "caption_cmd", "eval_cmd", "report_cmd", "train_cmd"]
 
 _MODELS = "butd.models.registry:MODELS"
-# options that belong to one task only; giving one to a model of the other task is a usage error
-_TASK_OPTIONS = {"captions": "caption", "scst_epochs": "caption", "questions": "vqa", "annotations": "vqa",
-                 "val_questions": "vqa", "val_annotations": "vqa", "glove": "vqa", "min_answer_count": "vqa"}
-_REQUIRED = {"caption": ("captions",), "vqa": ("questions", "annotations")}
 
 
 def _file(**kw: Any) -> click.Path:
@@ -49,72 +43,28 @@ def _file(**kw: Any) -> click.Path:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train on N local processes (torch DDP, 127.0.0.1 only; one GPU each on CUDA). The config's "
                    "batch_size is the global batch. On a cluster use torchrun (see TRAINING.md).")
+@click.option("--verbose", is_flag=True, help="Show torchrun's own messages (with --nproc).")
 def train_cmd(model: str, features: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
-              device: str, nproc: int, **options: Any) -> None:
+              device: str, nproc: int, verbose: bool, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
-    from butd.models.registry import task_of
-    from butd.tasks import task_module
-    from butd.tasks.guard import check_out, random_weights_warning, resume_point
+    from butd.tasks.training import run_training
     from butd.train.distributed import current
     from butd.train.progress import TrainingInterrupted
 
-    task = task_of(model)
-    for key, owner in _TASK_OPTIONS.items():
-        if owner != task and options.get(key):
-            raise UserError(f"--{key.replace('_', '-')} is a {owner} option", f"--model {model} is a {task} model",
-                            f"drop it, or choose a {owner} model", usage=True)
-    for key in _REQUIRED[task]:
-        if not options.get(key):
-            raise UserError(f"--{key} is required to train a {task} model", f"--model {model}",
-                            f"pass --{key} FILE", usage=True)
-    from butd.train.launch import LAUNCHED_ENV
-
-    worker = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a DDP rank
-    # `--nproc` checked OUT before starting the ranks; under torchrun started by hand, rank 0 checks it
-    checked = worker and (os.environ.get(LAUNCHED_ENV) == "1" or os.environ.get("RANK", "0") != "0")
-    if not checked:
-        check_out(out, resume=resume, overwrite=overwrite)
-        if resume:
-            click.echo(resume_point(out, model, features), err=True)
-        warning = random_weights_warning(features)
-        if warning:
-            click.echo(warning, err=True)
-    if nproc > 1:  # the same command in N workers started by torch.distributed.run (OUT checked, replaced once)
-        from butd.train.launch import launch_local
-
-        raise SystemExit(launch_local(nproc, ["train", *_command_line(click.get_current_context(),
-                                                                      skip=("nproc", "overwrite"))]))
-    options = {**options, "features": features, "device": pick_device(device)}
-    created = not worker and not Path(out).exists()
+    options = {**options, "features": features, "device": device if nproc > 1 else pick_device(device)}
     try:
-        summary = task_module(task).train(model, options, out, config=config_file, resume=resume, echo=click.echo)
+        summary = run_training(model, options, out, config=config_file, resume=resume, overwrite=overwrite,
+                               nproc=nproc, verbose=verbose, echo=click.echo, warn=_warn)
     except TrainingInterrupted as stop:
         click.echo(str(stop), err=True)
         sys.exit(130)
-    except Exception:
-        if created and not any((Path(out) / m).exists() for m in ("checkpoints", "xe", "scst")):
-            shutil.rmtree(out, ignore_errors=True)  # a start refused by the data leaves no directory behind
-        raise
-    score = summary.get("val_cider_d") if task == "caption" else summary.get("best")
+    if isinstance(summary, int):  # the exit status of the --nproc workers
+        raise SystemExit(summary)
+    score = summary.get("val_cider_d", summary.get("best"))
     done = [f"model {model}", *([f"{summary['epochs']} epochs"] if "epochs" in summary else []),
             *([f"best validation score {score:.3f}"] if score is not None else [])]
     if current().is_main:
         click.echo(f"wrote {out} ({', '.join(done)})")
-
-
-def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
-    """The options ``ctx`` was given, as arguments again (``skip`` left out)."""
-    args: list[str] = []
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if param.name in skip or not isinstance(param, click.Option) or value in (None, False, ()):
-            continue
-        flag = param.opts[0]
-        if param.is_flag:
-            args.append(flag)
-        else:
-            args += [a for v in (value if param.multiple else [value]) for a in (flag, str(v))]
-    return args
 
 
 def _task_of_run(run: Path) -> str:
@@ -133,39 +83,24 @@ _ANNOTATIONS = click.option("--annotations", type=_file(), multiple=True,
                             help="[vqa] annotations of the split, if they moved.")
 
 
-def _data(task: str, features: str | None, captions: str | None, questions: tuple, annotations: tuple) -> dict:
-    if task == "caption":
-        if questions or annotations:
-            raise UserError("--questions/--annotations are for VQA runs", "a caption run", "use --captions",
-                            usage=True)
-        return {"features": features, "captions": captions}
-    if captions:
-        raise UserError("--captions is for caption runs", "a VQA run", "use --questions/--annotations", usage=True)
-    return {"features": features, "questions": list(questions) or None, "annotations": list(annotations) or None}
-
-
 @click.command("eval")
 @_RUN
 @click.option("--split", default=None, help="test (captioning default) or val (VQA default).")
 @click.option("--beam", default=None, type=int,
               help="Beam width for captioning (1 = greedy); default: the run's decode config.")
-@click.option("--vqa-eval", type=click.Choice(["2017", "master"]), default="2017", show_default=True,
-              help="VQA runs: the official evaluator's 2017 rules (challenge, papers) or master (2021 fix).")
+@click.option("--vqa-eval", type=RegistryChoice("butd.evaluate.vqa_accuracy:VERSIONS"), default=None,
+              help="VQA runs: the official evaluator's 2017 rules (challenge, papers; the default) or master "
+                   "(2021 fix).")
 @device_option
 @_FEATURES
 @_CAPTIONS
 @_QUESTIONS
 @_ANNOTATIONS
-def eval_cmd(run: Path, split: str | None, beam: int | None, vqa_eval: str, device: str, features, captions,
-             questions, annotations) -> None:
+def eval_cmd(run: Path, split: str | None, device: str, **options: Any) -> None:
     """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
     from butd.tasks import task_module
 
-    task = _task_of_run(run)
-    mod = task_module(task)
-    mod.evaluate(run, split or mod.SPLIT, beam=beam, vqa_eval=vqa_eval, device=pick_device(device),
-                 echo=click.echo,
-                 **_data(task, features, captions, questions, annotations))
+    task_module(_task_of_run(run)).evaluate(run, split, device=pick_device(device), echo=click.echo, **options)
 
 
 def _warn(message: str) -> None:
@@ -181,9 +116,6 @@ def caption_cmd(run: Path, images: tuple[Path, ...], beam: int | None, device: s
     """Caption new IMAGES end to end: the run's extractor, then its model. One line per image."""
     from butd.tasks import caption
 
-    if _task_of_run(run) != "caption":
-        raise UserError("this is a VQA run; `butd caption` needs a captioning run", run,
-                        "pass a run trained with a caption model", usage=True)
     done = caption.predict(run, list(images), beam=beam, device=pick_device(device), warn=_warn)
     for path, text in done:
         click.echo(f"{path}\t{text}")
@@ -207,9 +139,6 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
     """
     from butd.tasks import vqa
 
-    if _task_of_run(run) != "vqa":
-        raise UserError("this is a captioning run; `butd answer` needs a VQA run", run,
-                        "pass a run trained with --model vqa", usage=True)
     res = vqa.predict(run, image, question, top=top, device=pick_device(device), warn=_warn)
     for a, s in zip(res["answers"], res["scores"]):
         click.echo(f"{s:6.3f}  {a}")
@@ -232,7 +161,7 @@ def answer_cmd(run: Path, image: Path, question: str, top: int, png: Path | None
 @_QUESTIONS
 @_ANNOTATIONS
 def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_root: Path | None, device: str,
-               features, captions, questions, annotations) -> None:
+               **options: Any) -> None:
     """Write a self-contained HTML page: images, text, and the attention of every word or question."""
     from butd.evaluate.report import write_report
     from butd.tasks import task_module
@@ -240,8 +169,7 @@ def report_cmd(run: Path, split: str | None, n_images: int, out: Path, images_ro
     task = _task_of_run(run)
     mod = task_module(task)
     split = split or mod.SPLIT
-    items = mod.report_items(run, split, n_images, images_root, device=pick_device(device),
-                             **_data(task, features, captions, questions, annotations))
+    items = mod.report_items(run, split, n_images, images_root, device=pick_device(device), **options)
     write_report(items, out, title=f"butd {task} report: {run.name}, {split} split")
     unit = "questions" if task == "vqa" else "images"
     click.echo(f"wrote {out} ({len(items)} {unit}, pictures embedded)")

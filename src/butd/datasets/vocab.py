@@ -10,10 +10,11 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Vocab", "read_words", "write_words"]
+__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Vocab", "read_words", "tokens_to_text", "write_words"]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 _SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -94,6 +95,12 @@ class Vocab:
 
     def __repr__(self) -> str:
         return f"Vocab({self.kind}, {len(self)} words)"
+
+
+def tokens_to_text(tokens: Any, vocab: Vocab) -> list[str]:
+    """Decoded captions of token rows [N, T] (a tensor or nested lists; each stops at EOS)."""
+    rows = tokens.tolist() if hasattr(tokens, "tolist") else tokens
+    return [vocab.decode(row) for row in rows]
 
 
 def write_words(path: str | Path, words: Sequence[str], kind: str) -> None:

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from butd.errors import UserError
+from butd.registry import Entry, Registry
 
 __all__ = [
     "ANSWER_TYPES",
@@ -179,14 +179,13 @@ def _compared_master(predicted: str, human: Sequence[str]) -> tuple[str, list[st
 
 
 # version -> (predicted, human answers) -> (the compared prediction, the compared human answers)
-VERSIONS: dict[str, Callable[[str, Sequence[str]], tuple[str, list[str]]]] = {
-    "2017": _compared_2017, "master": _compared_master}
+VERSIONS = Registry("VQA evaluator version", {
+    "2017": Entry(None, _compared_2017, "the official evaluator as of the 2017 challenge (papers' numbers)"),
+    "master": Entry(None, _compared_master, "the official evaluator's master (2021 fix of the answer processing)"),
+})
 
 
 def _compare(version: str) -> Callable[[str, Sequence[str]], tuple[str, list[str]]]:
-    if version not in VERSIONS:
-        raise UserError(f"unknown VQA evaluator version {version!r}", "--vqa-eval",
-                        f"use one of {', '.join(VERSIONS)}", usage=True)
     return VERSIONS[version]
 
 

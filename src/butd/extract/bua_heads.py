@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, box_iou, nms
 
+from butd.registry import Entry, Registry
+
 NUM_CLASSES = 1600  # foreground object classes
 NUM_ATTRS = 400  # foreground attributes
 SCALE_CLAMP = math.log(1000.0 / 16)
@@ -40,12 +42,15 @@ class Layout:
     anchor_sizes: tuple[float, ...]  # detectron2 ANCHOR_GENERATOR.SIZES (pixels, sqrt of the area)
 
 
-LAYOUTS = {
+# name -> Entry(None, Layout); butd.registry style (``LAYOUTS[name]`` is the Layout)
+LAYOUTS = Registry("checkpoint layout", {
     # py-bottom-up-attention configs/VG-Detection/faster_rcnn_R_101_C4_attr_caffemaxpool.yaml SIZES
-    "d2": Layout("d2", False, False, NUM_CLASSES, (10.0, 10.0, 5.0, 5.0), 0.0, (64, 128, 256, 512)),
+    "d2": Entry(None, Layout("d2", False, False, NUM_CLASSES, (10.0, 10.0, 5.0, 5.0), 0.0, (64, 128, 256, 512)),
+                "detectron2 checkpoints (py-bottom-up-attention): sigmoid RPN, background last"),
     # bottom-up-attention.pytorch configs/caffe/*.yaml (and configs/bua-caffe/*.yaml) SIZES
-    "caffe": Layout("caffe", True, True, NUM_CLASSES + 1, (1.0, 1.0, 1.0, 1.0), 1.0, (4, 8, 16, 32)),
-}
+    "caffe": Entry(None, Layout("caffe", True, True, NUM_CLASSES + 1, (1.0, 1.0, 1.0, 1.0), 1.0, (4, 8, 16, 32)),
+                   "Caffe-converted checkpoints (bottom-up-attention.pytorch): softmax RPN, background first"),
+})
 
 RPN_DEFAULTS = {
     "aspect_ratios": (0.5, 1.0, 2.0),

@@ -67,8 +67,6 @@ class BUTDDetector(nn.Module):
 
     def __init__(self, layout: str = "d2", rpn: dict | None = None):
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
         self.layout = LAYOUTS[layout]
         self.backbone = ResNetC4()
         self.proposal_generator = RPN(self.layout, rpn)
@@ -328,15 +326,13 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("detect", "boxes"):
             raise ValueError(f"{self.name} is a detector: mode must be 'detect' or 'boxes', got {self.mode!r}")
-        if self.boxes_policy not in POLICIES:
-            raise ValueError(f"boxes_policy must be one of {', '.join(POLICIES)}, got {self.boxes_policy!r}")
+        POLICIES.entry(self.boxes_policy)  # an unknown policy stops with one line
 
 
 def build(cfg: DetectorConfig) -> BUTDExtractor:
     """Registry builder: ``DetectorConfig`` -> ``BUTDExtractor``."""
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return BUTDExtractor(cfg.weights, device=device, min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes,
-                         conf_thresh=cfg.conf_thresh, box_source=cfg.box_source, boxes_policy=cfg.boxes_policy,
-                         fp16=cfg.fp16)
+    from butd.devices import resolve_device
+
+    return BUTDExtractor(cfg.weights, device=resolve_device(cfg.device), min_boxes=cfg.min_boxes,
+                         max_boxes=cfg.max_boxes, conf_thresh=cfg.conf_thresh, box_source=cfg.box_source,
+                         boxes_policy=cfg.boxes_policy, fp16=cfg.fp16)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from butd.registry import Entry, Registry
+
 # Caffe cfg.PIXEL_MEANS (BGR) = py-bottom-up-attention / bua-caffe MODEL.PIXEL_MEAN
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 TEST_SCALE = 600  # TEST.SCALES = (600,)
@@ -120,10 +122,12 @@ class D2Preprocessor:
                 "orig_hw": (int(h), int(w))}
 
 
-PREPROCESSORS = {"caffe": CaffePreprocessor, "d2": D2Preprocessor}
+# layout -> Entry(None, preprocessor class); butd.registry style
+PREPROCESSORS = Registry("preprocessing layout", {
+    "caffe": Entry(None, CaffePreprocessor, "cv2 resize by the scale factor on float BGR (the Caffe original)"),
+    "d2": Entry(None, D2Preprocessor, "Pillow bilinear on uint8 to detectron2's rounded size (py-bottom-up-attention)"),
+})
 
 
 def build_preprocessor(layout: str, scale: int = TEST_SCALE, max_size: int = TEST_MAX_SIZE):
-    if layout not in PREPROCESSORS:
-        raise ValueError(f"no preprocessing for layout {layout!r}; known: {sorted(PREPROCESSORS)}")
-    return PREPROCESSORS[layout](int(scale), int(max_size))
+    return PREPROCESSORS.build(layout, int(scale), int(max_size))

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from butd.devices import resolve_device
 from butd.errors import UserError
 from butd.extract.images import ImageDecodeError, load_image
 from butd.extract.registry import build_extractor, extractor_config
-from butd.extract.resume import FAILURES_NAME, RUN_NAME, Summary, check_run_settings, check_store, read_failures
 from butd.extract.sources import SourceItem
+from butd.extract.summary import Summary
+from butd.shards.folder import FAILURES_NAME, StoreFolder, inspect
 
-__all__ = ["FAILURES_NAME", "RUN_NAME", "Summary", "check_store", "run_extraction", "start_local_ray"]
+__all__ = ["FAILURES_NAME", "Summary", "run_extraction", "start_local_ray"]
 
 log = logging.getLogger(__name__)
 Decoded = tuple[str, "dict[str, Any] | None", "np.ndarray | None", "str | None"]  # id, prep, boxes, failure
@@ -147,18 +148,22 @@ def _plan_workers(ray: Any, cfg: Any, workers: int | None,
     """(device, number of actors, actor resources, torch threads per actor)."""
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
+    try:
+        device = resolve_device(cfg.device, cuda_available=gpus > 0)
+    except UserError:
+        raise UserError("the Ray cluster has no GPU", f"--device {cfg.device}", "pass --device cpu (or auto)",
+                        usage=True) from None
     if device.startswith("cuda"):
-        if gpus < 1:
-            raise UserError("the Ray cluster has no GPU", f"--device {device}", "pass --device cpu (or auto)",
-                            usage=True)
         n = workers or gpus
         return "cuda", n, {"num_gpus": 1, "num_cpus": 1}, threads or 2
     n = workers or 1
     threads = threads or max(1, (cpus - 1) // n)  # leave one CPU to decoding
     return "cpu", n, {"num_cpus": threads}, threads
+
+
+def _settings(cfg: Any, shard_size: int, batch_size: int) -> dict[str, Any]:
+    """What a resume must match (the extractor's config as given, and the work units)."""
+    return {"extractor": {"name": cfg.name, "config": asdict(cfg)}, "shard_size": shard_size, "batch_size": batch_size}
 
 
 def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | Path, *,
@@ -171,27 +176,49 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
     ``address``: join that Ray cluster; default starts a private local Ray on 127.0.0.1.
     ``workers``: model actors (default: one per GPU, or 1 on CPU); ``threads``: torch threads per actor
     (default: the cluster's CPUs less one, split between CPU actors). Records are bitwise reproducible for
-    the same inputs, settings and thread count. Broken images go to failures.jsonl.
+    the same inputs, settings and thread count. Broken images go to failures.jsonl. The store folder is
+    locked while this runs (a second writer stops with one line); a finished store of the same settings
+    makes this a no-op.
     """
-    import ray
-
-    from butd.shards import ShardWriter
-
     t_start = time.perf_counter()
     out = Path(out)
     items = _sorted_unique(source)
     if shard_size < 1 or batch_size < 1:
         raise UserError("shard_size and batch_size must be >= 1", f"{shard_size}, {batch_size}", "pass positive sizes",
                         usage=True)
-    done = check_store(out, extractor_cfg, shard_size, batch_size, len(items))
-    if done is not None:
-        return done
+    settings = _settings(extractor_cfg, shard_size, batch_size)
+    if inspect(out, settings) == "finished":
+        return _finished(out, len(items))
     if not items:
         raise UserError("no images to extract", out, "check --root and --dataset", usage=True)
-    created = not out.exists()
+    with StoreFolder(out) as folder:
+        if inspect(out, settings) == "finished":  # another writer finished it while this one waited
+            return _finished(out, len(items))
+        with _ray(address, workers, threads, verbose) as ray:
+            try:
+                return _run(ray, folder, items, extractor_cfg, workers, shard_size, batch_size, progress,
+                            source_info or {}, max_in_flight, decode_cpus, threads, t_start, log)
+            except NothingExtracted as exc:
+                raise UserError(f"no image could be extracted ({exc.failed} failed; first: {exc.first})", out,
+                                "check the images (and --dataset / --root)") from None
 
-    own_ray = not ray.is_initialized()
-    if own_ray:
+
+def _finished(out: Path, total: int) -> Summary:
+    from butd.shards import read_manifest
+    from butd.shards.folder import FailureLog
+
+    failed = len(FailureLog(out / FAILURES_NAME))
+    return Summary(str(out), total, 0, int(read_manifest(out)["num_records"]), failed, 0.0, 0.0, 0, True)
+
+
+@contextlib.contextmanager
+def _ray(address: str | None, workers: int | None, threads: int | None, verbose: bool):
+    """The Ray this extraction runs on: the caller's (already initialised), ``address``, or a private local one
+    (shut down afterwards)."""
+    import ray
+
+    own = not ray.is_initialized()
+    if own:
         with _ray_quiet(verbose):
             if address:
                 ray.init(address=address, logging_level=logging.WARNING if verbose else logging.ERROR,
@@ -199,15 +226,9 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
             else:
                 start_local_ray(max(os.cpu_count() or 1, (workers or 1) * (threads or 1) + 1), verbose)
     try:
-        return _run(ray, ShardWriter, items, extractor_cfg, out, workers, shard_size, batch_size, progress,
-                    source_info or {}, max_in_flight, decode_cpus, threads, t_start, log)
-    except NothingExtracted as exc:
-        if created:  # nothing half-written: a store folder this call made holds no record
-            shutil.rmtree(out, ignore_errors=True)
-        raise UserError(f"no image could be extracted ({exc.failed} failed; first: {exc.first})", out,
-                        "check the images (and --dataset / --root)") from None
+        yield ray
     finally:
-        if own_ray:
+        if own:
             ray.shutdown()
 
 
@@ -249,10 +270,11 @@ def weights_words(given: str | None, sha256: str | None) -> str:
     return Path(given).name
 
 
-def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path,
+def _run(ray: Any, folder: StoreFolder, items: list[SourceItem], cfg: Any,
          workers: int | None, shard_size: int, batch_size: int, progress: bool, source_info: dict[str, Any],
          max_in_flight: int | None, decode_cpus: float, threads: int | None, t_start: float,
          log: Callable[[str], None] | None = None) -> Summary:
+    """Schedule the Ray work and hand every record to the folder's writer (the folder owns the rest)."""
     from tqdm import tqdm
 
     device, n, resources, threads = _plan_workers(ray, cfg, workers, threads)
@@ -273,67 +295,53 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
     ray.get(decode.remote([], prep))  # warm a decode worker process before timing
     t_ready = time.perf_counter()
 
-    out.mkdir(parents=True, exist_ok=True)
-    failures_path = out / FAILURES_NAME
-    failed = read_failures(failures_path)
+    failed = folder.failures
     extractor_meta = manifest_entry(recorded, info)
-    source_meta = {**source_info, "num_images": len(items)}
-    check_run_settings(out, {"extractor": extractor_meta, "shard_size": shard_size,
-                              "batch_size": batch_size})
+    folder.record_settings({"extractor": extractor_meta, "shard_size": shard_size, "batch_size": batch_size})
+    writer = folder.writer(info["kind"], max_records=shard_size, extractor=extractor_meta,
+                           source={**source_info, "num_images": len(items)})
     written = processed = 0
-    # No `with writer`: its abort-on-exception would delete shards committed by earlier runs. On an
-    # exception (Ctrl-C, a dead actor) the directory is left as after a crash, ready to resume.
-    writer = writer_cls(out, info["kind"], max_records=shard_size, extractor=extractor_meta,
-                        source=source_meta, resume=True)
-    with open(failures_path, "a", encoding="utf-8") as ffile:
-        done = sum(1 for it in items if it.image_id in writer or it.image_id in failed)
-        batches: list[list[SourceItem]] = []
-        for c in range(0, len(items), shard_size):
-            chunk = items[c:c + shard_size]
-            if all(it.image_id in writer or it.image_id in failed for it in chunk):
-                continue
-            batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
-        window: deque[tuple[list[SourceItem], Any]] = deque()
-        limit = max_in_flight or 2 * n + 2
-        bar = tqdm(total=len(items), initial=done, unit="img", disable=not progress, dynamic_ncols=True,
-                   desc=f"extract {cfg.name}")
+    done = sum(1 for it in items if it.image_id in writer or it.image_id in failed)
+    batches: list[list[SourceItem]] = []
+    for c in range(0, len(items), shard_size):
+        chunk = items[c:c + shard_size]
+        if all(it.image_id in writer or it.image_id in failed for it in chunk):
+            continue
+        batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
+    window: deque[tuple[list[SourceItem], Any]] = deque()
+    limit = max_in_flight or 2 * n + 2
+    bar = tqdm(total=len(items), initial=done, unit="img", disable=not progress, dynamic_ncols=True,
+               desc=f"extract {cfg.name}")
 
-        def consume() -> None:
-            nonlocal written, processed
-            batch, ref = window.popleft()
-            fresh = 0
-            for image_id, record, reason in ray.get(ref):
-                if record is not None and image_id not in writer:
-                    writer.add(image_id, record)
-                    written += 1
-                    fresh += 1
-                elif record is None and image_id not in failed:
-                    path = next(it.path for it in batch if it.image_id == image_id)
-                    ffile.write(json.dumps({"image_id": image_id, "path": path, "reason": reason}) + "\n")
-                    ffile.flush()
-                    failed.add(image_id)
-                    fresh += 1
-            processed += len(batch)
-            bar.update(fresh)
+    def consume() -> None:
+        nonlocal written, processed
+        batch, ref = window.popleft()
+        fresh = 0
+        for image_id, record, reason in ray.get(ref):
+            if record is not None and image_id not in writer:
+                writer.add(image_id, record)
+                written += 1
+                fresh += 1
+            elif record is None and image_id not in failed:
+                failed.add(image_id, next(it.path for it in batch if it.image_id == image_id), reason)
+                fresh += 1
+        processed += len(batch)
+        bar.update(fresh)
 
-        for i, batch in enumerate(batches):
-            while len(window) >= limit:
-                consume()
-            dref = decode.remote([(it.image_id, it.path, it.boxes) for it in batch], prep)
-            window.append((batch, actors[i % n].run.remote(dref)))
-        while window:
+    for i, batch in enumerate(batches):
+        while len(window) >= limit:
             consume()
-        bar.close()
+        dref = decode.remote([(it.image_id, it.path, it.boxes) for it in batch], prep)
+        window.append((batch, actors[i % n].run.remote(dref)))
+    while window:
+        consume()
+    bar.close()
     if len(writer) == 0:
-        writer.abort()
-        first = ""
-        if failures_path.exists() and failures_path.read_text().strip():
-            row = json.loads(failures_path.read_text().splitlines()[0])
-            first = f"{Path(row['path']).name}: {row['reason']}"
-        raise NothingExtracted(len(failed), first)
+        first = failed.first()
+        raise NothingExtracted(len(failed), f"{Path(first['where']).name}: {first['reason']}" if first else "")
     writer.close()  # last shard, index, manifest (written last)
     for a in actors:
         ray.kill(a)
     t_end = time.perf_counter()
     rate = processed / max(t_end - t_ready, 1e-9)
-    return Summary(str(out), len(items), written, done, len(failed), t_end - t_start, rate, n, True)
+    return Summary(str(folder.path), len(items), written, done, len(failed), t_end - t_start, rate, n, True)

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from butd.registry import Entry, Registry
+
 if TYPE_CHECKING:  # torch is imported by the rules only: the CLI lists POLICIES without it
     import torch
 
@@ -102,15 +104,18 @@ class AirsplaySelection:
         return Selected(keep, regressed(keep, max_cls[keep]), max_cls[keep], max_conf[keep])
 
 
-POLICIES = {"caffe": CaffeSelection, "airsplay-36": AirsplaySelection}
+# name -> Entry(None, selection class); butd.registry style
+POLICIES = Registry("boxes policy", {
+    "caffe": Entry(None, CaffeSelection, "generate_tsv.py: per-class NMS 0.3, confidence >= 0.2, 10-100 boxes"),
+    "airsplay-36": Entry(None, AirsplaySelection, "py-bottom-up-attention's 36-box script (cross-class NMS)"),
+})
 
 
 def build_policy(name: str, *, min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2,
                  box_source: str | None = None):
     """The named policy; ``min_boxes`` / ``max_boxes`` / ``conf_thresh`` / ``box_source`` configure
     ``caffe`` (``airsplay-36`` has fixed values and always stores regressed boxes, whatever they say)."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown boxes policy {name!r}; known: {', '.join(POLICIES)}")
+    POLICIES.entry(name)  # an unknown name stops with one line
     if name == "caffe":
         return CaffeSelection(min_boxes=int(min_boxes), max_boxes=int(max_boxes), conf_thresh=float(conf_thresh),
                               box_source=box_source or "proposals")

@@ -23,7 +23,7 @@ from butd.errors import UserError
 from butd.models.caption_base import PAD, CaptionModel, State
 from butd.registry import Entry, Registry
 
-__all__ = ["CAFFE_ALLOWED_REPEATS", "DECODERS", "DecodeConfig", "beam_search", "decode", "greedy_decode",
+__all__ = ["CAFFE_ALLOWED_REPEATS", "DECODERS", "DecodeConfig", "beam_search", "check_beam", "decode", "greedy_decode",
            "repeat_mask", "sample_decode", "with_beam"]
 
 BOS, EOS = 1, 2  # same as butd.datasets.vocab
@@ -44,13 +44,21 @@ class DecodeConfig:
     block_repeats: bool = False  # Caffe's rule: no word twice except allowed_repeats
     allowed_repeats: tuple[str, ...] = CAFFE_ALLOWED_REPEATS
 
+    def __post_init__(self) -> None:
+        check_beam(self.beam)
+        _check_max_len(self.max_len)
+
+
+def check_beam(beam: int) -> None:
+    """The one check of a beam width (``--beam``, ``decode.beam``, ``beam_search(beam=)``)."""
+    if not isinstance(beam, int) or beam < 1:
+        raise UserError("the beam width must be at least 1", beam, "pass --beam 1 (greedy) or more", usage=True)
+
 
 def with_beam(cfg: DecodeConfig, beam: int | None) -> DecodeConfig:
     """``cfg`` with its beam width overridden (``None`` keeps it; 1 means greedy)."""
     if beam is None:
         return cfg
-    if beam < 1:
-        raise ValueError("beam must be >= 1")
     return replace(cfg, method="beam" if beam > 1 else "greedy", beam=beam)
 
 
@@ -153,8 +161,7 @@ def beam_search(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, be
     score frozen; ``length_penalty`` alpha > 0 ranks finished beams by score / ((5 + len) / 6) ** alpha.
     ``no_repeat`` [V] forbids a beam to repeat those words (Caffe's rule).
     """
-    if beam < 1:
-        raise ValueError("beam must be >= 1")
+    check_beam(beam)
     _check_max_len(max_len)
     b, dev = feats.size(0), feats.device
     state = model.init_state(feats, mask)

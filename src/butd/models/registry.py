@@ -9,13 +9,12 @@ To add a model: one file (config dataclass + model class) and one line here.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from butd.config import merge_config
 from butd.registry import Entry, Registry
 
-__all__ = ["MODELS", "build_caption_model", "caption_model_config", "caption_models", "task_of"]
+__all__ = ["MODELS", "build_caption_model", "caption_models", "task_of"]
 
 MODELS = Registry("model", {
     "updown": Entry("butd.models.updown_caption:UpDownCaptionConfig", "butd.models.updown_caption:UpDownCaption",
@@ -47,8 +46,3 @@ def build_caption_model(name: str, vocab_size: int, feature_dim: int, overrides:
         raise ValueError(f"unknown caption model {name!r} (known: {', '.join(caption_models())})")
     cfg = merge_config(MODELS.config_class(name)(), overrides, f"model {name}")
     return MODELS.builder(name)(vocab_size, feature_dim, cfg)
-
-
-def caption_model_config(model: Any) -> dict[str, Any]:
-    """The model's config as a plain dict (for run configs / checkpoints)."""
-    return dataclasses.asdict(model.config)

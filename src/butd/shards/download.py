@@ -33,6 +33,7 @@ from butd.shards.publish import (
     DownloadError,
     apply_mirror,
     check_url,
+    describe_failure,
     is_loopback,
     load_registry,
     parse_published_manifest,
@@ -107,7 +108,7 @@ class _Fetcher:
                 raise DownloadError(f"{url}: TLS error ({exc.reason})") from None
             raise _Transient(f"connection failed ({exc.reason})") from None
         except (TimeoutError, OSError, HTTPException) as exc:
-            raise _Transient(_describe(exc)) from None
+            raise _Transient(describe_failure(exc)) from None
 
     def _retry(self, url: str, attempt: Callable[[], Any], progressed: Callable[[], bool]) -> Any:
         failures = 0
@@ -131,7 +132,7 @@ class _Fetcher:
                 try:
                     data = resp.read(_MAX_MANIFEST + 1)
                 except (TimeoutError, OSError, HTTPException) as exc:
-                    raise _Transient(_describe(exc)) from None
+                    raise _Transient(describe_failure(exc)) from None
                 length = resp.headers.get("Content-Length")
             if len(data) > _MAX_MANIFEST:
                 raise DownloadError(f"{url}: larger than {_MAX_MANIFEST} bytes; not a manifest")
@@ -206,7 +207,7 @@ class _Fetcher:
                 try:
                     chunk = resp.read(_CHUNK)
                 except (TimeoutError, OSError, HTTPException) as exc:
-                    raise _Transient(_describe(exc)) from None
+                    raise _Transient(describe_failure(exc)) from None
                 if not chunk:
                     break
                 if total is not None and offset + len(chunk) > total:
@@ -228,11 +229,6 @@ class _Fetcher:
         st["counted"] += n
         if self.bar is not None and n:
             self.bar.update(n)
-
-
-def _describe(exc: BaseException) -> str:
-    timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
-    return "timed out" if timed_out else f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 # -- the two flows ------------------------------------------------------------------------------
@@ -262,9 +258,10 @@ def _download_store(f: _Fetcher, base: str, to: Path, pin: str | None, jobs: int
             f.fetch_file(f"{base}/{e['file']}", to / e["file"], e["bytes"], e["sha256"])
         except _Stopped:
             pass
-        except Exception as exc:
+        except Exception as exc:  # a full disk or a read-only --to stays an OSError (the CLI says it in one line)
             f.stop.set()
-            errors.append(exc if isinstance(exc, DownloadError) else DownloadError(f"{e['file']}: {exc}"))
+            io = isinstance(exc, OSError) and exc.errno
+            errors.append(exc if isinstance(exc, DownloadError) or io else DownloadError(f"{e['file']}: {exc}"))
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="butd-dl") as pool:
@@ -273,6 +270,8 @@ def _download_store(f: _Fetcher, base: str, to: Path, pin: str | None, jobs: int
         f.stop.set()
         f.bar.close()
     if errors:
+        if not isinstance(errors[0], DownloadError):
+            raise errors[0]  # the .part files stay: the same command resumes once space is freed
         more = f" (and {len(errors) - 1} more failure(s))" if len(errors) > 1 else ""
         raise DownloadError(f"{errors[0]}{more}; {to} has no manifest, rerun to resume")
     write_bytes_atomic(to / MANIFEST_NAME, raw)  # last: the store is complete only now

@@ -155,6 +155,12 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A transient network failure in a few words ("timed out", "ConnectionResetError: ...")."""
+    timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
+    return "timed out" if timed_out else f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
 def check_url(url: str, allow_http: bool) -> None:
     """Refuse anything but https (http only with allow_http, or to a loopback host). No network use."""
     parts = urlsplit(url)

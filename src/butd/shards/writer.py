@@ -9,6 +9,7 @@ A crash leaves only committed shards and at most one `.tmp`; `resume=True` picks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -20,6 +21,7 @@ import lmdb
 import numpy as np
 
 from butd.shards.codec import encode
+from butd.shards.diskio import lmdb_io as _lmdb_io
 from butd.shards.manifest import creation_info, fsync_dir, sha256_file, write_json_atomic
 from butd.shards.spec import (
     FORMAT_NAME,
@@ -146,6 +148,7 @@ class ShardWriter:
     def __len__(self) -> int:
         return len(self._seen)
 
+    @_lmdb_io
     def add(self, image_id: str, record: dict[str, np.ndarray]) -> None:
         """Validate, encode and store one record. Raises RecordError/DuplicateKeyError, storing nothing."""
         if self._closed:
@@ -177,6 +180,7 @@ class ShardWriter:
             self._txn = self._env.begin(write=True)
             self._txn_bytes = 0
 
+    @_lmdb_io
     def close(self) -> dict[str, Any]:
         """Commit the last shard, build the index, hash everything, write the manifest (last)."""
         if self._closed:
@@ -206,6 +210,19 @@ class ShardWriter:
         write_json_atomic(self.path / MANIFEST_NAME, manifest)
         self._closed = True
         return manifest
+
+    def suspend(self) -> None:
+        """Stop after a failure, keeping every committed shard for a resume: the shard being filled (and any
+        temporary index) is removed, so nothing half-written is left."""
+        if self._env is not None:
+            with contextlib.suppress(lmdb.Error):
+                self._txn.abort()
+            with contextlib.suppress(lmdb.Error):
+                self._env.close()
+            self._env = self._txn = None
+        self._closed = True
+        for tmp in self.path.glob(f"*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Remove everything this writer created (the whole directory if it made it)."""

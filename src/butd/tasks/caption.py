@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,11 +14,25 @@ import torch
 from butd.datasets.captions import DataConfig
 from butd.datasets.captions import featurize as _featurize
 from butd.errors import UserError
-from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
+from butd.tasks.common import (
+    check_options,
+    extract_images,
+    geometry,
+    image_index,
+    image_roots,
+    run_extractor,
+    store_names,
+    write_outputs,
+)
+from butd.tasks.runs import Run, load
 
-__all__ = ["evaluate", "featurize", "load_run", "predict", "report_items", "train"]
+__all__ = ["EVAL_OPTIONS", "TRAIN_OPTIONS", "build_model", "check_config", "evaluate", "featurize", "load_run",
+           "predict", "report_items", "train", "train_config"]
 
 SPLIT = "test"  # the split `butd eval` / `butd report` use by default
+# options of `butd train` / `butd eval` that belong to captioning (True: required); the other task's are refused
+TRAIN_OPTIONS = {"captions": True, "scst_epochs": False}
+EVAL_OPTIONS = {"captions": False, "beam": False, "decode": False, "scorers": False}
 
 
 def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> dict[str, torch.Tensor]:
@@ -32,14 +45,11 @@ def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> dict[str
     return {"features": feats, "mask": torch.ones(feats.shape[:2], dtype=torch.bool)}
 
 
-def train(model: str, options: dict[str, Any], out: str | Path, *, config: str | Path | None = None,
-          overrides: dict[str, Any] | None = None, resume: bool = False,
-          echo: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Train caption model ``model`` on ``options["features"]`` + ``options["captions"]`` into ``out``.
-
-    ``options`` may also set ``epochs`` (XE), ``scst_epochs``, ``device`` and ``skip_missing``.
-    """
-    from butd.train.caption import CaptionPaths, load_caption_config, train_caption
+def train_config(model: str, options: dict[str, Any], config: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Any:
+    """The merged caption train config of ``model``: defaults, the YAML ``config``, ``overrides``, then the
+    command-line ``options`` (``epochs``: the XE phase, ``scst_epochs``, ``device``)."""
+    from butd.train.caption import load_caption_config
 
     overrides = {**(overrides or {}), "model_name": model}
     if options.get("epochs") is not None:
@@ -48,16 +58,75 @@ def train(model: str, options: dict[str, Any], out: str | Path, *, config: str |
         overrides["scst"] = {**overrides.get("scst", {}), "epochs": options["scst_epochs"]}
     if options.get("device"):
         overrides["device"] = options["device"]
-    cfg = load_caption_config(config, overrides)
+    return load_caption_config(config, overrides)
+
+
+def check_config(cfg: Any, world_size: int = 1) -> None:
+    """Every setting of every phase (XE, SCST, decoding), before any work starts."""
+    from butd.train.caption import check_caption_config
+
+    check_caption_config(cfg, world_size)
+
+
+def train(model: str, options: dict[str, Any], out: str | Path, *, config: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, resume: bool = False,
+          echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train caption model ``model`` on ``options["features"]`` + ``options["captions"]`` into ``out``.
+
+    ``options`` may also set ``epochs`` (XE), ``scst_epochs``, ``device`` and ``skip_missing``.
+    """
+    from butd.train.caption import CaptionPaths, train_caption
+
+    check_options("caption", "train", options, model)
+    cfg = train_config(model, options, config, overrides)
     paths = CaptionPaths(str(options["features"]), str(options["captions"]))
     return train_caption(cfg, paths, out, skip_missing=bool(options.get("skip_missing")), resume=resume, echo=echo)
 
 
-def load_run(run: str | Path, device: str = "cpu"):
-    """(config, model in eval mode, vocabulary, run.json) of a finished caption run."""
-    from butd.train.caption import load_caption_run
+def build_model(cfg: Any, vocab: Any, answers: Any, feature_dim: int) -> torch.nn.Module:
+    from butd.models.registry import build_caption_model
 
-    return load_caption_run(run, device)
+    return build_caption_model(cfg.model_name, len(vocab), feature_dim, cfg.model)
+
+
+def load_run(run: str | Path, device: str = "cpu", which: str = "best") -> Run:
+    """A finished caption run: model (eval mode, on ``device``), config, vocabulary, run.json."""
+    from butd.train.caption import CaptionTrainConfig
+
+    return load(run, device, task="caption", config_class=CaptionTrainConfig, vocab_kind="caption",
+                build=build_model, which=which)
+
+
+def _dataset(run: Run, split: str, features: str | None, captions: str | None, *, limit: int = 0,
+             skip_missing: bool | None = None):
+    """(per-image CaptionDataset of ``split``, store path, captions path), where the data is now."""
+    from butd.datasets.captions import CaptionDataset, load_karpathy, split_images
+    from butd.shards import FeatureStore
+
+    store_path, captions_path = run.data("features", features), run.data("captions", captions)
+    images = split_images(load_karpathy(captions_path), split)
+    images = images[:limit] if limit else images
+    skip = bool(run.info.get("skip_missing", False)) if skip_missing is None else skip_missing
+    dataset = CaptionDataset(images, FeatureStore(store_path), run.vocab, run.config.data, per_caption=False,
+                             skip_missing=skip)
+    return dataset, store_path, captions_path
+
+
+def _captions(run: Run, dataset: Any, dcfg: Any) -> dict[str, str]:
+    """image id -> caption, decoded as ``dcfg`` says."""
+    from torch.utils.data import DataLoader
+
+    from butd.datasets.captions import collate_captions
+    from butd.datasets.vocab import tokens_to_text
+    from butd.models.inference import caption_tokens
+    from butd.train.progress import terminal_bar
+
+    loader = DataLoader(dataset, batch_size=run.config.eval_batch_size, collate_fn=collate_captions)
+    out: dict[str, str] = {}
+    for ids, tokens in caption_tokens(run.model, terminal_bar(loader, "captioning"), dcfg, run.vocab.words,
+                                      run.device):
+        out.update(zip(ids, tokens_to_text(tokens, run.vocab), strict=True))
+    return out
 
 
 def _result_id(image_id: str) -> int | str:
@@ -65,33 +134,27 @@ def _result_id(image_id: str) -> int | str:
     return int(image_id) if image_id.isdigit() else image_id
 
 
-def evaluate(run: str | Path, split: str = SPLIT, *, beam: int | None = None, scorers: Any = None,
-             device: str = "cpu", features: str | None = None, captions: str | None = None,
-             echo: Callable[[str], None] | None = None, decode: Any = None, **_: Any) -> dict[str, Any]:
-    """Caption every image of ``split`` with the run's model and score against the references.
+def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
+             echo: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
+    """Caption every image of ``split`` (default test) and score them against the references.
 
-    Decodes as the run's ``decode:`` config says (or ``decode``, a DecodeConfig), its beam width replaced by
-    ``beam`` when given (greedy when 1), writes ``RUN/captions_{split}.json``
-    (COCO results format ``[{"image_id", "caption"}]``) and ``RUN/eval_{split}.json`` (metrics: BLEU-1..4,
-    METEOR, ROUGE-L, CIDEr and SPICE when available, with skipped metrics and why). Returns the latter.
+    ``options``: ``beam`` (replaces the run's decode width; 1 = greedy), ``decode`` (a whole DecodeConfig),
+    ``scorers`` (pycocoevalcap scorers, for tests), ``features`` / ``captions`` (the data, if it moved).
+    Writes ``RUN/captions_{split}.json`` (COCO results format ``[{"image_id", "caption"}]``) and
+    ``RUN/eval_{split}.json`` (BLEU-1..4, METEOR, ROUGE-L, CIDEr and SPICE when available, with skipped
+    metrics and why). Returns the latter.
     """
-    from butd.datasets.captions import CaptionDataset, load_karpathy, split_images
     from butd.evaluate.caption_metrics import caption_metrics, ptb_tokenize
     from butd.models.decoding import with_beam
-    from butd.shards import FeatureStore
-    from butd.train.caption import caption_data, generate_captions, load_caption_run
 
-    if beam is not None and beam < 1:
-        raise UserError("the beam width must be at least 1", beam, "pass --beam 1 (greedy) or more", usage=True)
-    run = Path(run)
-    cfg, model, vocab, info = load_caption_run(run, device)
-    store_path, captions_path = caption_data(run, info, features, captions)
-    images = split_images(load_karpathy(captions_path), split)
-    dataset = CaptionDataset(images, FeatureStore(store_path), vocab, cfg.data, per_caption=False,
-                             skip_missing=bool(info["summary"].get("skip_missing", False)))
-    dcfg = with_beam(decode if decode is not None else cfg.decode, beam)
+    check_options("caption", "eval", options)
+    split = split or SPLIT
+    loaded = load_run(run, device)
+    dataset, _, _ = _dataset(loaded, split, options.get("features"), options.get("captions"))
+    dcfg = with_beam(options.get("decode") or loaded.config.decode, options.get("beam"))
     beam = dcfg.beam if dcfg.method == "beam" else 1
-    preds = generate_captions(model, dataset, vocab, dcfg, cfg.eval_batch_size, device)
+    preds = _captions(loaded, dataset, dcfg)
+    scorers = options.get("scorers")
     if shutil.which("java") is not None:  # the COCO protocol: raw references, PTB-tokenised on both sides
         refs = {im.image_id: list(im.raw) for im in dataset.images}
         metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=ptb_tokenize)
@@ -100,12 +163,11 @@ def evaluate(run: str | Path, split: str = SPLIT, *, beam: int | None = None, sc
         metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=None)
         metrics["skipped"]["PTB tokenizer"] = "no `java` on PATH: Karpathy tokens used instead"
     results = [{"image_id": _result_id(k), "caption": v} for k, v in preds.items()]
-    (run / f"captions_{split}.json").write_text(json.dumps(results), encoding="utf-8")
     skipped = metrics.pop("skipped", {})
     report = {"split": split, "beam": beam, "decode": asdict(dcfg), "n_images": len(preds),
-              "model_name": cfg.model_name,
+              "model_name": loaded.config.model_name,
               "metrics": metrics, "skipped": skipped, "captions": f"captions_{split}.json"}
-    (run / f"eval_{split}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_outputs(loaded.path, {f"captions_{split}.json": results, f"eval_{split}.json": report})
     if echo is not None:
         echo(f"{report['model_name']} on {split} ({report['n_images']} images, beam {beam})")
         for name, value in metrics.items():
@@ -113,7 +175,7 @@ def evaluate(run: str | Path, split: str = SPLIT, *, beam: int | None = None, sc
                 echo(f"  {name:10s} {100 * value:6.1f}")
         for name, why in skipped.items():
             echo(f"  {why}" if str(why).startswith(name) else f"  {name} skipped: {why}")
-        echo(f"wrote {run / ('eval_' + split + '.json')} and {run / report['captions']}")
+        echo(f"wrote {loaded.path / ('eval_' + split + '.json')} and {loaded.path / report['captions']}")
     return report
 
 
@@ -121,44 +183,43 @@ def predict(run: str | Path, images: list[Path], *, beam: int | None = None, dev
             warn: Callable[[str], None] | None = None) -> list[tuple[Path, str]]:
     """Caption new images end to end: the run's extractor, :func:`featurize`, then the model decoding as the
     run's ``decode:`` config says (``beam`` overrides its width)."""
-    from butd.models.decoding import decode, with_beam
-    from butd.train.caption import load_caption_run
-    from butd.train.scst import tokens_to_text
+    from butd.datasets.vocab import tokens_to_text
+    from butd.models.decoding import with_beam
+    from butd.models.inference import caption_tokens
 
-    cfg, model, vocab, info = load_caption_run(run, device)
-    extractor = run_extractor(info)
-    if beam is not None and beam < 1:
-        raise UserError("the beam width must be at least 1", beam, "pass --beam 1 (greedy) or more", usage=True)
-    dcfg = with_beam(cfg.decode, beam)
+    loaded = load_run(run, device)
+    dcfg = with_beam(loaded.config.decode, beam)
+    extractor = run_extractor(loaded.info)
     out = []
     for path, rec in extract_images(list(images), extractor, device, warn):
-        x = featurize(rec, info["store"]["kind"], cfg.data)
-        with torch.no_grad():
-            tokens = decode(model, x["features"].to(device), x["mask"].to(device), dcfg, vocab.words)
-        out.append((path, tokens_to_text(tokens.cpu(), vocab)[0]))
+        x = featurize(rec, loaded.store_kind, loaded.config.data)
+        batch = {**x, "image_ids": [str(path)]}
+        for _, tokens in caption_tokens(loaded.model, [batch], dcfg, loaded.vocab.words, device):
+            out.append((path, tokens_to_text(tokens, loaded.vocab)[0]))
     return out
 
 
-def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
-                 features: str | None = None, captions: str | None = None, device: str = "cpu") -> list:
+def report_items(run: str | Path, split: str | None = None, n: int = 50, images_root: Path | None = None, *,
+                 device: str = "cpu", **options: Any) -> list:
     """Greedy captions of the first `n` images of `split`, with each word's attention (model on ``device``)."""
-    from butd.datasets.captions import CaptionDataset, collate_captions, load_karpathy, split_images
+    from butd.datasets.captions import collate_captions
+    from butd.datasets.vocab import tokens_to_text
     from butd.evaluate.report import ReportItem
     from butd.models.decoding import greedy_decode
     from butd.shards import FeatureStore
-    from butd.train.caption import caption_data, load_caption_run
-    from butd.train.scst import tokens_to_text
 
-    cfg, model, vocab, info = load_caption_run(run, device)
-    store_path, captions_path = caption_data(run, info, features, captions)
+    check_options("caption", "eval", options)
+    split = split or SPLIT
+    loaded = load_run(run, device)
+    ds, store_path, captions_path = _dataset(loaded, split, options.get("features"), options.get("captions"),
+                                             limit=n, skip_missing=True)
     store = FeatureStore(store_path)
-    images = split_images(load_karpathy(captions_path), split)[:n]
-    ds = CaptionDataset(images, store, vocab, cfg.data, per_caption=False, skip_missing=True)
     batch = collate_captions([ds[i] for i in range(len(ds))])
     with torch.no_grad():
-        out = greedy_decode(model, batch["features"].to(device), batch["mask"].to(device), cfg.decode.max_len)
+        out = greedy_decode(loaded.model, batch["features"].to(device), batch["mask"].to(device),
+                            loaded.config.decode.max_len)
     out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-    texts = tokens_to_text(out["tokens"], vocab)
+    texts = tokens_to_text(out["tokens"], loaded.vocab)
     index = image_index(image_roots(store_path, captions_path, images_root))
     names = store_names(store_path)
     items = []

@@ -12,21 +12,43 @@ import numpy as np
 from butd.errors import UserError
 from butd.shards import read_manifest
 
-__all__ = ["extract_images", "geometry", "image_index", "image_roots", "resolve_device", "run_extractor", "store_names"]
+__all__ = ["check_options", "extract_images", "geometry", "image_index", "image_roots", "run_extractor", "store_names",
+           "write_outputs"]
 
 
-def resolve_device(name: str | None = "auto") -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; other names pass through after a check."""
-    import torch
+def check_options(task: str, kind: str, options: dict[str, Any], model: str | None = None) -> None:
+    """The options of `butd train` (``kind`` "train") or `butd eval`/`report` ("eval"): one of another task's
+    is a usage error, and so is a missing required one. Each task module's ``TRAIN_OPTIONS`` / ``EVAL_OPTIONS``
+    table is the source; options not in any table (features, epochs, device, ...) belong to every task."""
+    from butd.tasks import TASKS, task_module
 
-    name = name or "auto"
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("no CUDA device is visible", name, "pass --device cpu (or auto)", usage=True)
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise UserError("unknown device", name, "pass --device auto, cpu or cuda", usage=True)
-    return name
+    table = f"{kind.upper()}_OPTIONS"
+    mine = getattr(task_module(task), table)
+    what = f"--model {model} is a {task} model" if model else f"a {task} {'model' if kind == 'train' else 'run'}"
+    for other in TASKS.names():
+        for key in getattr(task_module(other), table) if other != task else ():
+            if key not in mine and options.get(key) not in (None, False, (), []):
+                raise UserError(f"--{key.replace('_', '-')} is a {other} option", what,
+                                f"drop it, or choose a {other} {'model' if kind == 'train' else 'run'}", usage=True)
+    for key, required in mine.items() if kind == "train" else ():
+        if required and not options.get(key):
+            raise UserError(f"--{key.replace('_', '-')} is required to train a {task} model",
+                            f"--model {model}" if model else task, f"pass --{key.replace('_', '-')} FILE",
+                            usage=True)
+
+
+def write_outputs(run_dir: Path, files: dict[str, Any]) -> None:
+    """JSON files of an evaluation into the run directory, each atomically (temp file + rename)."""
+    import json
+    import os
+
+    for name, obj in files.items():
+        tmp = run_dir / f"{name}.tmp"
+        try:
+            tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+            os.replace(tmp, run_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def run_extractor(info: dict[str, Any]) -> dict[str, Any]:

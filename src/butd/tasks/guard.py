@@ -12,38 +12,51 @@ from typing import Any
 
 from butd.errors import UserError
 
-__all__ = ["RUN_MARKERS", "check_out", "random_weights_warning", "resume_point"]
+__all__ = ["RUN_MARKERS", "check_out", "clear_run", "last_checkpoint", "random_weights_warning", "resume_point"]
 
 RUN_MARKERS = ("run.json", "config.yaml", "checkpoints", "xe", "scst")  # what a (possibly unfinished) run holds
 _LAST = ("scst/checkpoints/last.pt", "xe/checkpoints/last.pt", "checkpoints/last.pt")  # newest phase first
 
 
-def _last_checkpoint(out: Path) -> Path | None:
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest phase's checkpoints/last.pt of a run folder, or None."""
     return next((out / p for p in _LAST if (out / p).is_file()), None)
 
 
-def check_out(out: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """A non-empty ``out`` needs ``resume`` (and a checkpoint to resume) or ``overwrite`` (of a butd run)."""
+def check_out(out: str | Path, *, resume: bool, overwrite: bool) -> bool:
+    """A non-empty ``out`` needs ``resume`` (and a checkpoint to resume) or ``overwrite`` (of a butd run).
+    Returns whether ``out`` holds a run that ``overwrite`` is to replace (:func:`clear_run`)."""
+    from butd.shards.lock import LOCK_NAME
+
     out = Path(out)
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other", out, "pass one of them", usage=True)
     if out.exists() and not out.is_dir():
         raise UserError("--out is a file", out, "pass a directory", usage=True)
-    busy = out.is_dir() and any(out.iterdir())
+    busy = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
     if resume:
-        if _last_checkpoint(out) is None:
+        if last_checkpoint(out) is None:
             raise UserError("nothing to resume: no checkpoints/last.pt", out, "drop --resume to start a new run",
                             usage=True)
-        return
+        return False
     if not busy:
-        return
+        return False
     if not overwrite:
         raise UserError("--out already holds files", out,
                         "pass --resume to continue that run, --overwrite to replace it, or a new --out", usage=True)
     if not any((out / m).exists() for m in RUN_MARKERS):
         raise UserError("--overwrite replaces butd runs only, and this is not one", out, "choose a new --out",
                         usage=True)
-    shutil.rmtree(out)
+    return True
+
+
+def clear_run(out: str | Path) -> None:
+    """Remove a run's files for ``--overwrite`` (the caller holds the run's lock, which stays)."""
+    from butd.shards.lock import LOCK_NAME
+
+    for p in Path(out).iterdir():
+        if p.name != LOCK_NAME:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def resume_point(out: str | Path, model: str, features: str | Path) -> str:
@@ -56,7 +69,7 @@ def resume_point(out: str | Path, model: str, features: str | Path) -> str:
     from butd.train.checkpoint import load_checkpoint
     from butd.train.progress import where
 
-    path = _last_checkpoint(Path(out))
+    path = last_checkpoint(Path(out))
     if path is None:
         raise UserError("nothing to resume: no checkpoints/last.pt", out, "drop --resume to start a new run",
                         usage=True)

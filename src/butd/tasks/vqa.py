@@ -12,11 +12,26 @@ import torch
 from butd.datasets.vqa import encode_question
 from butd.datasets.vqa import featurize as _featurize
 from butd.errors import UserError
-from butd.tasks.common import extract_images, geometry, image_index, image_roots, run_extractor, store_names
+from butd.tasks.common import (
+    check_options,
+    extract_images,
+    geometry,
+    image_index,
+    image_roots,
+    run_extractor,
+    store_names,
+    write_outputs,
+)
+from butd.tasks.runs import Run, load
 
-__all__ = ["answer_picture", "check_question", "evaluate", "featurize", "load_run", "predict", "report_items", "train"]
+__all__ = ["EVAL_OPTIONS", "TRAIN_OPTIONS", "answer_picture", "build_model", "check_config", "check_question",
+           "evaluate", "featurize", "load_run", "predict", "report_items", "split_files", "train", "train_config"]
 
 SPLIT = "val"  # the split `butd eval` / `butd report` use by default
+# options of `butd train` / `butd eval` that belong to VQA (True: required); the other task's are refused
+TRAIN_OPTIONS = {"questions": True, "annotations": True, "val_questions": False, "val_annotations": False,
+                 "glove": False, "min_answer_count": False}
+EVAL_OPTIONS = {"questions": False, "annotations": False, "vqa_eval": False}
 
 
 def featurize(record: dict[str, Any], kind: str, max_boxes: int) -> dict[str, torch.Tensor]:
@@ -26,14 +41,10 @@ def featurize(record: dict[str, Any], kind: str, max_boxes: int) -> dict[str, to
             "mask": torch.from_numpy(mask)[None]}
 
 
-def train(model: str, options: dict[str, Any], out: str | Path, *, config: str | Path | None = None,
-          overrides: dict[str, Any] | None = None, resume: bool = False,
-          echo: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Train VQA model ``model`` on ``options`` (features, questions, annotations, val_*, glove) into ``out``.
-
-    ``options`` may also set ``epochs``, ``min_answer_count``, ``device`` and ``skip_missing``.
-    """
-    from butd.train.vqa import VQAPaths, load_config, train_vqa
+def train_config(model: str, options: dict[str, Any], config: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Any:
+    """The merged VQA train config of ``model``: defaults, the YAML ``config``, ``overrides``, then ``options``."""
+    from butd.train.vqa import load_config
 
     overrides = dict(overrides or {})
     if options.get("skip_missing"):
@@ -44,7 +55,27 @@ def train(model: str, options: dict[str, Any], out: str | Path, *, config: str |
         overrides.setdefault("loop", {})["epochs"] = options["epochs"]
     if options.get("device"):
         overrides["device"] = options["device"]
-    cfg = load_config(config, {**overrides, "model_name": model})
+    return load_config(config, {**overrides, "model_name": model})
+
+
+def check_config(cfg: Any, world_size: int = 1) -> None:
+    """Every setting of the run, before any work starts."""
+    from butd.train.vqa import check_vqa_config
+
+    check_vqa_config(cfg, world_size)
+
+
+def train(model: str, options: dict[str, Any], out: str | Path, *, config: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, resume: bool = False,
+          echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train VQA model ``model`` on ``options`` (features, questions, annotations, val_*, glove) into ``out``.
+
+    ``options`` may also set ``epochs``, ``min_answer_count``, ``device`` and ``skip_missing``.
+    """
+    from butd.train.vqa import VQAPaths, train_vqa
+
+    check_options("vqa", "train", options, model)
+    cfg = train_config(model, options, config, overrides)
     vq, va = tuple(options.get("val_questions") or ()), tuple(options.get("val_annotations") or ())
     if va and len(vq) != len(va):
         raise UserError("give one --val-annotations per --val-questions", f"{len(vq)} vs {len(va)}",
@@ -54,27 +85,84 @@ def train(model: str, options: dict[str, Any], out: str | Path, *, config: str |
     paths = VQAPaths(features=str(options["features"]), questions=tuple(options["questions"]),
                      annotations=tuple(options["annotations"]), val_questions=vq, val_annotations=va,
                      glove=options.get("glove"))
-    state = train_vqa(cfg, paths, out, resume=resume, echo=echo)
-    return {"steps": state.step, "epochs": state.epoch, "best": state.best, "best_epoch": state.best_epoch}
+    return train_vqa(cfg, paths, out, resume=resume, echo=echo)
 
 
-def load_run(run: str | Path, device: str = "cpu"):
-    """(model in eval mode on ``device``, config, vocab, answers, run.json) of a VQA run."""
-    from butd.train.vqa import load_run as _load
+def build_model(cfg: Any, vocab: Any, answers: Any, feature_dim: int) -> torch.nn.Module:
+    from butd.train.vqa import build_model as _build
 
-    model, cfg, vocab, answers, info = _load(run)
-    return model.to(device), cfg, vocab, answers, info
+    return _build(cfg, vocab, answers, feature_dim)
 
 
-def evaluate(run: str | Path, split: str = SPLIT, *, device: str = "cpu", features: str | None = None,
-             questions: Sequence[str] | None = None, annotations: Sequence[str] | None = None,
-             echo: Callable[[str], None] | None = None, vqa_eval: str = "2017", **_: Any) -> dict[str, Any]:
-    """Official VQA accuracy on ``split`` (``vqa_eval``: the 2017 or master rules of the official evaluator);
-    writes RUN/eval_SPLIT.json and RUN/results_SPLIT.json."""
-    from butd.train.vqa import eval_run
+def load_run(run: str | Path, device: str = "cpu", which: str = "best") -> Run:
+    """A finished VQA run: model (eval mode, on ``device``), config, vocabulary, answers, run.json."""
+    from butd.train.vqa import VQATrainConfig
 
-    return eval_run(run, split, echo=echo, features=features, questions=questions, annotations=annotations,
-                    device=device, version=vqa_eval)
+    return load(run, device, task="vqa", config_class=VQATrainConfig, vocab_kind="question", build=build_model,
+                which=which)
+
+
+def split_files(run: Run, split: str, questions: Sequence[str] | None = None,
+                annotations: Sequence[str] | None = None) -> tuple[Any, Any]:
+    """(questions, annotations or None) files of ``split`` ("val" or "train"), where they are now.
+
+    ``questions`` / ``annotations`` (the ``--questions`` / ``--annotations`` options) replace the recorded ones.
+    """
+    if split not in ("train", "val"):
+        raise UserError("a VQA run has the splits train and val", f"--split {split}",
+                        "pass --split val (or train), or --questions/--annotations of another split with "
+                        "--split val", usage=True)
+    q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
+    if not questions and not run.info["data"].get(q_key):
+        raise UserError(f"the run has no {split} questions", run.path,
+                        "train it with --val-questions, or pass --questions", usage=True)
+    qs = run.data(q_key, questions)
+    ans = run.data(a_key, annotations) if annotations or not questions else None
+    return qs, ans or None
+
+
+def _examples(run: Run, split: str, options: dict[str, Any], skip_missing: bool | None = None):
+    """(examples of ``split`` joined to the store, the join report, store path, question files)."""
+    from butd.datasets.vqa import join_store, load_vqa
+    from butd.shards import FeatureStore
+
+    questions, annotations = split_files(run, split, options.get("questions"), options.get("annotations"))
+    store_path = run.data("features", options.get("features"))
+    skip = run.config.data.skip_missing if skip_missing is None else skip_missing
+    examples, report = join_store(load_vqa(questions, annotations), FeatureStore(store_path), skip)
+    return examples, report, store_path, questions
+
+
+def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
+             echo: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
+    """Official VQA accuracy on ``split`` (default val); writes RUN/eval_SPLIT.json and RUN/results_SPLIT.json.
+
+    ``options``: ``vqa_eval`` ("2017" or "master": the official evaluator's rules, see
+    butd.evaluate.vqa_accuracy), ``features`` / ``questions`` / ``annotations`` (the data, if it moved).
+    """
+    from butd.datasets.vqa import VQADataset
+    from butd.evaluate.vqa_accuracy import vqa_accuracy
+    from butd.shards import FeatureStore
+    from butd.train.vqa import annotations_of, predict
+
+    check_options("vqa", "eval", options)
+    split, version = split or SPLIT, str(options.get("vqa_eval") or "2017")
+    loaded = load_run(run, device)
+    examples, report, store_path, _ = _examples(loaded, split, options)
+    dataset = VQADataset(examples, FeatureStore(store_path), loaded.vocab, loaded.answers, loaded.config.data)
+    preds = predict(loaded.model, dataset, loaded.config.eval_batch_size, device)
+    anns = annotations_of(examples)
+    result: dict[str, Any] = {"split": split, "data": report}
+    if anns:
+        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns], version=version))
+    write_outputs(loaded.path, {f"eval_{split}.json": result,
+                                f"results_{split}.json": [{"question_id": q, "answer": a} for q, a in preds.items()]})
+    if echo is not None and anns:
+        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions "
+             f"(official evaluator, {version} rules)")
+        for k, v in sorted(result["per_answer_type"].items()):
+            echo(f"  {k:8s} {v:.2f}")
+    return result
 
 
 def check_question(question: str, vocab: Any, max_len: int, warn: Callable[[str], None] | None = None) -> None:
@@ -99,29 +187,27 @@ def check_question(question: str, vocab: Any, max_len: int, warn: Callable[[str]
 def predict(run: str | Path, image: Path, question: str, *, top: int = 5, device: str = "cpu",
             warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Answer ``question`` about a new ``image``: top answers, scores, attention and the record's geometry."""
-    model, cfg, vocab, answers, info = load_run(run, device)
-    check_question(question, vocab, cfg.data.max_question_len, warn)
-    found = extract_images([Path(image)], run_extractor(info), device)
+    loaded = load_run(run, device)
+    cfg = loaded.config
+    check_question(question, loaded.vocab, cfg.data.max_question_len, warn)
+    found = extract_images([Path(image)], run_extractor(loaded.info), device)
     if not found:
         raise UserError("the image could not be read", image, "pass a JPEG or PNG file")
     rec = found[0][1]
-    kind = info["store"]["kind"]
     max_boxes = int(cfg.data.max_boxes or rec["features"].shape[0])
-    batch = featurize(rec, kind, max_boxes)
-    batch["tokens"] = torch.from_numpy(encode_question(vocab, question, cfg.data.max_question_len))[None]
+    batch = featurize(rec, loaded.store_kind, max_boxes)
+    batch["tokens"] = torch.from_numpy(encode_question(loaded.vocab, question, cfg.data.max_question_len))[None]
     with torch.no_grad():
-        res = model.answer({k: v.to(device) for k, v in batch.items()}, answers, k=top)[0]
+        res = loaded.model.answer({k: v.to(device) for k, v in batch.items()}, loaded.answers, k=top)[0]
     k = int(batch["mask"].sum())
     return {"answers": res["answers"], "scores": res["scores"], "attention": np.asarray(res["attention"])[:k],
-            "record": rec, **geometry(rec, k, store_names(_store_if_present(run, info)))}
+            "record": rec, **geometry(rec, k, store_names(_store_if_present(loaded)))}
 
 
-def _store_if_present(run: str | Path, info: dict[str, Any]) -> str | None:
+def _store_if_present(run: Run) -> str | None:
     """The run's store, if it is still where run.json says (only for box names; `answer` needs no data)."""
-    from butd.train.run_format import resolve_data
-
     try:
-        return resolve_data(run, info, "features")
+        return run.data("features")
     except UserError:
         return None
 
@@ -138,26 +224,24 @@ def answer_picture(image: Path, question: str, result: dict[str, Any]):
                              box_labels=result.get("box_labels", ()))
 
 
-def report_items(run: str | Path, split: str = SPLIT, n: int = 50, images_root: Path | None = None, *,
-                 features: str | None = None, questions: Sequence[str] | None = None,
-                 annotations: Sequence[str] | None = None, device: str = "cpu", **_: Any) -> list:
+def report_items(run: str | Path, split: str | None = None, n: int = 50, images_root: Path | None = None, *,
+                 device: str = "cpu", **options: Any) -> list:
     """The first `n` questions of `split`: question, top-5 answers with scores, the human answers, the
     answer type and the attended regions (named by the detector's classes when the store has names)."""
-    from butd.datasets.vqa import VQADataset, join_store, load_vqa
+    from butd.datasets.vqa import VQADataset
     from butd.evaluate.report import ReportItem
     from butd.shards import FeatureStore
-    from butd.train.run_format import resolve_data
-    from butd.train.vqa import split_files
 
-    model, cfg, vocab, answers, info = load_run(run, device)
-    qs, anns = split_files(run, info, split, questions, annotations)
-    store_path = resolve_data(run, info, "features", features)
-    store = FeatureStore(store_path)
-    examples, _ = join_store(load_vqa(qs, anns), store, True)
+    check_options("vqa", "eval", options)
+    split = split or SPLIT
+    loaded = load_run(run, device)
+    examples, _, store_path, qs = _examples(loaded, split, options, skip_missing=True)
     examples = examples[:n]
-    ds = VQADataset(examples, store, vocab, answers, cfg.data)
+    store = FeatureStore(store_path)
+    ds = VQADataset(examples, store, loaded.vocab, loaded.answers, loaded.config.data)
     batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]).to(device) for k in ("tokens", "features", "mask")}
-    results = model.answer(batch, answers, k=5)
+    with torch.no_grad():
+        results = loaded.model.answer(batch, loaded.answers, k=5)
     first = qs[0] if isinstance(qs, list) else qs
     index = image_index(image_roots(store_path, first, images_root))
     names = store_names(store_path)

@@ -7,6 +7,7 @@ the run's weights: best is the best validation CIDEr-D checkpoint of the last ph
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,23 +27,26 @@ from butd.datasets.captions import (
     load_karpathy,
     split_images,
 )
-from butd.datasets.vocab import Vocab
+from butd.datasets.vocab import Vocab, tokens_to_text
+from butd.devices import resolve_device
+from butd.errors import UserError
 from butd.evaluate.cider import CiderD
 from butd.models.caption_base import CaptionModel
-from butd.models.decoding import DecodeConfig, decode
+from butd.models.decoding import DecodeConfig
+from butd.models.inference import caption_tokens
 from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
 from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
-from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.loop import LoopConfig, LoopState, check_loop, fit
 from butd.train.progress import terminal_bar
-from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
+from butd.train.run_format import begin_run, checkpoint_meta, finish_run, store_facts
 from butd.train.scheduled_sampling import ScheduledSampling
 from butd.train.schedules import ScheduleConfig, ScheduledSamplingConfig
-from butd.train.scst import ScstConfig, ScstObjective, reward_refs, tokens_to_text
+from butd.train.scst import ScstConfig, ScstObjective, reward_refs
 
-__all__ = ["CaptionPaths", "CaptionTrainConfig", "cider_of", "generate_captions", "load_caption_config",
-           "load_caption_run", "train_caption"]
+__all__ = ["CaptionPaths", "CaptionTrainConfig", "check_caption_config", "generate_captions", "load_caption_config",
+           "train_caption"]
 
 
 @dataclass(frozen=True)
@@ -80,39 +84,43 @@ def load_caption_config(yaml_path: str | Path | None = None,
     return load_config(CaptionTrainConfig, yaml_path, overrides)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def check_caption_config(cfg: CaptionTrainConfig, world_size: int = 1) -> None:
+    """Every setting of every phase, before any work starts (so a run never stops between XE and SCST)."""
+    from butd.config import merge_config
+    from butd.models.decoding import DECODERS
+    from butd.models.registry import MODELS, caption_models
+    from butd.train.scst import SCST_BASELINES
+
+    if cfg.model_name not in caption_models():
+        raise UserError(f"{cfg.model_name!r} is not a caption model", "model_name",
+                        f"choose one of {', '.join(caption_models())}", usage=True)
+    merge_config(MODELS.config_class(cfg.model_name)(), cfg.model, f"model ({cfg.model_name})")  # unknown keys
+    check_loop(cfg.xe, "xe", world_size)
+    check_loop(cfg.scst, "scst", world_size)
+    DECODERS.entry(cfg.decode.method)
+    obj = cfg.scst_objective
+    if cfg.scst.epochs > 0:
+        SCST_BASELINES.entry(obj.baseline)
+        if obj.samples < (2 if obj.baseline == "mean" else 1) or obj.max_len < 1 or not obj.temperature > 0:
+            raise UserError("SCST needs samples >= 1 (>= 2 for the mean baseline), max_len >= 1, temperature > 0",
+                            f"scst_objective = {obj}", "fix the values", usage=True)
+    if cfg.data.max_len < 1 or cfg.data.max_boxes < 1 or cfg.data.min_count < 1:
+        raise UserError("data.max_len, data.max_boxes and data.min_count must be at least 1", f"data = {cfg.data}",
+                        "fix the values", usage=True)
 
 
 def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_captions)
 
 
-@torch.no_grad()
 def generate_captions(model: CaptionModel, dataset: CaptionDataset | Subset, vocab: Vocab, cfg: DecodeConfig,
                       batch_size: int = 100, device: str | torch.device = "cpu") -> dict[str, str]:
-    """image id -> decoded caption for every image of a per-image dataset (model put in eval mode)."""
-    was_training = model.training
-    model.eval()
+    """image id -> caption for every image of a per-image dataset (validation during training)."""
     out: dict[str, str] = {}
-    try:
-        for batch in terminal_bar(_loader(dataset, batch_size), "captioning"):
-            tokens = decode(model, batch["features"].to(device), batch["mask"].to(device), cfg, vocab.words)
-            out.update(zip(batch["image_ids"], tokens_to_text(tokens.cpu(), vocab), strict=True))
-    finally:
-        model.train(was_training)
+    batches = terminal_bar(_loader(dataset, batch_size), "captioning")
+    for ids, tokens in caption_tokens(model, batches, cfg, vocab.words, device):
+        out.update(zip(ids, tokens_to_text(tokens, vocab), strict=True))
     return out
-
-
-def cider_of(model: CaptionModel, dataset: CaptionDataset, vocab: Vocab, scorer: CiderD,
-             cfg: DecodeConfig = DecodeConfig(method="greedy"), batch_size: int = 100,
-             device: str | torch.device = "cpu") -> float:
-    """Mean CIDEr-D of the model's captions for a per-image dataset."""
-    preds = generate_captions(model, dataset, vocab, cfg, batch_size, device)
-    refs = {im.image_id: im.refs for im in dataset.images}
-    return scorer.score(preds, refs)[0]
 
 
 def _best_into(model: CaptionModel, ckpt_dir: Path) -> str | None:
@@ -145,8 +153,9 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
     Under torchrun every rank calls this alike (see :mod:`butd.train.distributed`); rank 0 writes.
     """
     out_dir = Path(out_dir)
+    info, device = ddp.setup(torch.device(resolve_device(cfg.device)))
+    check_caption_config(cfg, info.world_size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info, device = ddp.setup(_device(cfg.device))
     store = FeatureStore(paths.features)
     images = load_karpathy(paths.captions)
     train_imgs = split_images(images, "train", cfg.data.train_splits)
@@ -155,12 +164,6 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         vocab = Vocab.load(out_dir / "vocab.json")
     else:
         vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
-        if info.is_main:
-            vocab.save(out_dir / "vocab.json")
-    import yaml
-
-    if info.is_main:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
     train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing)
     val_ds = None
     if val_imgs is not None:
@@ -189,6 +192,10 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
     # every checkpoint is self-describing: config, vocabulary and the store it was trained on
     store_info = store_facts(store)
     meta = checkpoint_meta("caption", cfg.model_name, to_plain(cfg), vocab.words, store_info)
+    if info.is_main:
+        begin_run(out_dir, cfg, vocab, task="caption", model=cfg.model_name, store=store_info,
+                  data={"features": paths.features, "captions": paths.captions}, world_size=info.world_size,
+                  skip_missing=skip_missing)
     summary: dict[str, Any] = {
         "skip_missing": skip_missing, "vocab_size": len(vocab), "train_images": len(train_ds.images),
         "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0,
@@ -228,32 +235,11 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
                         epoch=state.epoch if state else 0, meta=meta)
         last = out_dir / last_phase / "checkpoints" / "last.pt"
         if last.is_file():
-            shutil.copyfile(last, out_dir / "checkpoints" / "last.pt")
-        write_run(out_dir, task="caption", model=cfg.model_name,
-                  data={"features": paths.features, "captions": paths.captions}, store=store_info,
-                  world_size=info.world_size, summary=summary)
+            tmp = out_dir / "checkpoints" / "last.pt.tmp"
+            try:
+                shutil.copyfile(last, tmp)
+                os.replace(tmp, out_dir / "checkpoints" / "last.pt")
+            finally:
+                tmp.unlink(missing_ok=True)
+        finish_run(out_dir, summary)
     return summary
-
-
-def load_caption_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best"
-                     ) -> tuple[CaptionTrainConfig, CaptionModel, Vocab, dict[str, Any]]:
-    """(config, model with the run's weights in eval mode, vocabulary, run.json) of a finished run."""
-    run_dir = Path(run_dir)
-    info = read_run(run_dir)
-    if info["task"] != "caption":
-        from butd.errors import UserError
-
-        raise UserError(f"this is a {info['task']} run, not a captioning run", run_dir,
-                        "pass a run trained with a caption model", usage=True)
-    cfg = load_caption_config(run_dir / "config.yaml")
-    vocab = Vocab.load(run_dir / info["vocab"])
-    ckpt = load_checkpoint(run_dir / info["checkpoints"][which])
-    model = build_caption_model(cfg.model_name, len(vocab), int(ckpt.meta["feature_dim"]), cfg.model)
-    model.load_state_dict(ckpt.model)
-    return cfg, model.to(device).eval(), vocab, info
-
-
-def caption_data(run_dir: str | Path, info: dict[str, Any], features: str | None = None,
-                 captions: str | None = None) -> tuple[str, str]:
-    """(feature store, Karpathy JSON) of a run, where they are now (``--features/--captions`` win)."""
-    return (resolve_data(run_dir, info, "features", features), resolve_data(run_dir, info, "captions", captions))

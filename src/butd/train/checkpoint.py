@@ -7,9 +7,11 @@ the vocabulary / answers and the feature store manifest. Loading uses ``torch.lo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,26 @@ def save_checkpoint(
         "meta_json": json.dumps(meta_all),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as "unexpected pos ..."
+        raise _write_error(exc, path) from None
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save leaves the previous checkpoint and no temp file
     return path
+
+
+def _write_error(exc: Exception, path: Path) -> OSError:
+    """A failed save as the OSError it is (a full disk says ENOSPC, "free space and rerun with --resume")."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror, str(path))
+    if not path.parent.exists():
+        return OSError(errno.ENOENT, "the folder vanished while butd wrote into it", str(path.parent))
+    free = shutil.disk_usage(path.parent).free
+    if free < (64 << 20):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"cannot write the checkpoint ({str(exc).splitlines()[0][:200]})", str(path))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

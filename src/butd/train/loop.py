@@ -1,14 +1,13 @@
 """One generic training loop (used by the VQA and captioning trainers).
 
-``fit`` runs epochs over a dataset with a deterministic per-epoch shuffle, a pure-function LR schedule,
-gradient clipping, a non-finite guard, callbacks (early stopping is one), console + metrics.jsonl logging
-(TensorBoard too when installed) and checkpoints that resume exactly, even mid-epoch.
+``fit`` is a short epoch/step skeleton: a deterministic per-epoch shuffle, a pure-function LR schedule,
+gradient clipping and a non-finite guard (:func:`_step`). Checkpoints that resume exactly (even mid-epoch),
+metrics.jsonl logging and early stopping are callbacks (``butd.train.callbacks``), and so is anything a
+trainer adds (scheduled sampling).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,15 +20,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from butd.errors import UserError
 from butd.train import distributed as ddp
-from butd.train.checkpoint import Checkpoint, restore_rng, save_checkpoint
+from butd.train.callbacks import Callback, Checkpoints, EarlyStopping, MetricsLog
+from butd.train.checkpoint import Checkpoint, restore_rng
 from butd.train.progress import Progress, TrainingInterrupted
 from butd.train.schedules import SCHEDULES, ScheduleConfig, lr_at
 
 CLIP_MODES = ("norm", "value")
 
-__all__ = ["CLIP_MODES", "SCHEDULES", "Callback", "EarlyStopping", "LoopConfig", "LoopState",
-           "MetricsLogger", "NonFiniteLossError", "ScheduleConfig", "TrainingInterrupted", "effective_batch_size",
-           "fit", "lr_at"]
+__all__ = ["CLIP_MODES", "Callback", "EarlyStopping", "LoopConfig", "LoopState", "NonFiniteLossError",
+           "ScheduleConfig", "TrainingInterrupted", "check_loop", "effective_batch_size", "fit", "lr_at"]
 
 
 # --------------------------------------------------------------------------------------- loop pieces
@@ -81,75 +80,6 @@ class NonFiniteLossError(RuntimeError):
         self.step, self.batch_ids, self.value = step, batch_ids, value
 
 
-class Callback:
-    """Hooks; ``on_epoch_end`` returning True stops training."""
-
-    def on_epoch_start(self, state: LoopState) -> None:
-        pass
-
-    def on_step(self, state: LoopState, logs: dict[str, float]) -> None:
-        pass
-
-    def on_epoch_end(self, state: LoopState, metrics: dict[str, float]) -> bool:
-        return False
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs (for metrics other than
-    ``LoopConfig.monitor``, which ``LoopConfig.patience`` already covers, resumably)."""
-
-    def __init__(self, monitor: str, mode: str = "max", patience: int = 3) -> None:
-        self.monitor, self.sign, self.patience = monitor, (1.0 if mode == "max" else -1.0), patience
-        self.best: float | None = None
-        self.bad = 0
-
-    def on_epoch_end(self, state: LoopState, metrics: dict[str, float]) -> bool:
-        if self.monitor not in metrics:
-            return False
-        value = self.sign * float(metrics[self.monitor])
-        if self.best is None or value > self.best:
-            self.best, self.bad = value, 0
-        else:
-            self.bad += 1
-        return self.bad >= self.patience
-
-
-class MetricsLogger:
-    """Appends JSON lines to ``out_dir/metrics.jsonl``, echoes to the console, mirrors to TensorBoard."""
-
-    def __init__(self, out_dir: Path, echo: Callable[[str], None] | None = print, enabled: bool = True) -> None:
-        self.path = out_dir / "metrics.jsonl"
-        self.echo, self.enabled = echo, enabled  # disabled on every rank but 0
-        self.tb = None
-        if not enabled:
-            return
-        try:  # optional dependency
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tb"))
-        except Exception:  # noqa: BLE001 - tensorboard missing or broken: log without it
-            self.tb = None
-
-    def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        record = {"kind": kind, "step": step, **values}
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self.echo is not None:
-            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in values.items())
-            self.echo(f"[{kind} step {step}] {shown}")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
@@ -183,6 +113,28 @@ def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
     return norm
 
 
+def check_loop(config: LoopConfig, where: str, world_size: int = 1) -> None:
+    """Every setting of one training phase, checked before any work starts (a phase that has epochs)."""
+    if config.epochs < 0 or config.max_steps < 0:
+        raise UserError("epochs and max_steps must not be negative", f"{where}.epochs", "pass 0 or more", usage=True)
+    if config.epochs == 0:
+        return
+    if config.batch_size < 1 or config.batch_size % world_size:  # the LR is never rescaled: the batch must divide
+        raise UserError(f"batch_size {config.batch_size} (the global batch) does not divide over {world_size} "
+                        "processes", f"{where}.batch_size", f"choose a multiple of {world_size} or another number "
+                        "of processes", usage=True)
+    if config.clip_mode not in CLIP_MODES:
+        raise UserError(f"unknown clip_mode {config.clip_mode!r}", f"{where}.clip_mode",
+                        f"use one of {', '.join(CLIP_MODES)}", usage=True)
+    if config.monitor_mode not in ("max", "min"):
+        raise UserError(f"unknown monitor_mode {config.monitor_mode!r}", f"{where}.monitor_mode", "use max or min",
+                        usage=True)
+    if not config.lr > 0:
+        raise UserError("the learning rate must be positive", f"{where}.lr = {config.lr}", "pass lr > 0", usage=True)
+    SCHEDULES.entry(config.schedule.name)  # an unknown schedule stops with one line
+    lr_at(0, config.lr, config.schedule, 1, 1)  # and so does an unknown unit
+
+
 # --------------------------------------------------------------------------------------- the loop
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
         loss_fn: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
@@ -205,24 +157,12 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     its share of the global total, so the gradient equals the single-process one.
     """
     out_dir, device, info = Path(out_dir), torch.device(device), ddp.current()
-    ckpt_dir = out_dir / "checkpoints"
+    check_loop(config, "loop", info.world_size)
     if info.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     ddp.check_shared_dir(out_dir)
-    state = LoopState()
     model.to(device)  # before loading optimiser state, which follows its parameters' device
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        if resume.optimizer is not None:
-            optimizer.load_state_dict(resume.optimizer)
-        state = LoopState(**resume.meta["loop"])
-        if state.stopped == "max_steps":  # a step budget ends one invocation, not the run
-            state.stopped = ""
-        restore_rng(resume.rng)
-        note = ddp.restore_rank_rng(resume.meta.get("rank_rng"), info, config.seed, state.step)
-        if note and echo is not None and info.is_main:
-            echo(note)
-    callbacks = list(callbacks)
+    state = _resume(model, optimizer, resume, config, info, echo) if resume is not None else LoopState()
     sampler = ddp.ShardedEpochSampler(len(dataset), config.seed, info.rank, info.world_size)  # type: ignore
     batch_size = effective_batch_size(len(dataset), config, info.world_size)  # type: ignore[arg-type]
     loader = DataLoader(dataset, batch_size=ddp.per_rank_batch(batch_size, info.world_size),
@@ -234,98 +174,96 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Datas
     progress.banner(examples=len(dataset), batch_size=batch_size, steps_per_epoch=steps_per_epoch,  # type: ignore
                     epochs=config.epochs, device=device, parameters=sum(p.numel() for p in model.parameters()),
                     epoch=state.epoch, step=state.step, name=out_dir.name)
-    logger = MetricsLogger(out_dir, progress.write if echo is not None else None, enabled=info.is_main)
-    sign = 1.0 if config.monitor_mode == "max" else -1.0
+    early = EarlyStopping(config.monitor, config.monitor_mode, config.patience)
+    log = MetricsLog(out_dir, config.log_every, progress.write if echo is not None else None, info.is_main)
+    saver = Checkpoints(out_dir, model, optimizer, config.checkpoint_every, meta, early, state, resume is not None)
+    hooks = [*callbacks, early, log, saver]
     net = ddp.wrap_model(model, info, device)
-    saved = (state.epoch, state.step, resume is not None)  # where last.pt is (the resume point)
-    updating = False  # between optimizer.step() and the state update: the model is ahead of `state`
-
-    def checkpoint(name: str) -> None:
-        nonlocal saved
-        rank_rng = ddp.rank_rng_states()  # collective: every rank takes part, rank 0 writes
-        if info.is_main:
-            save_checkpoint(ckpt_dir / name, model, optimizer, step=state.step, epoch=state.epoch,
-                            meta={**(meta or {}), "loop": dataclasses.asdict(state), "rank_rng": rank_rng,
-                                  "world_size": info.world_size})
-        if name == "last.pt":
-            saved = (state.epoch, state.step, True)
-
+    mid_update = False  # between optimizer.step() and the state update: the model is ahead of `state`
     try:
         while state.epoch < config.epochs and not state.stopped:
             model.train()
             sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * batch_size)
             t0 = time.perf_counter()
-            for cb in callbacks:
+            for cb in hooks:
                 cb.on_epoch_start(state)
             progress.start_epoch(state.epoch, state.batch_in_epoch)
             for batch in loader:
-                batch = _to_device(batch, device)
                 lr = lr_at(state.step, config.lr, config.schedule, total, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                outputs = net(batch)
-                losses = loss_fn(outputs if isinstance(outputs, dict) else {"logits": outputs}, batch)
-                loss, weight = losses["loss"], float(losses.pop("loss_weight", 1.0))
-                logs, scale = ddp.reduce_step(losses, weight, info)
-                if not math.isfinite(logs["loss"]):  # every rank sees the global value and stops together
-                    raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), logs["loss"])
-                optimizer.zero_grad(set_to_none=True)
-                (loss * scale if scale != 1.0 else loss).backward()
-                grad_norm = _clip(model, config)
-                if not math.isfinite(grad_norm):
-                    raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
-                updating = True
+                logs = _step(net, model, optimizer, loss_fn, _to_device(batch, device), lr, config, info, state,
+                             id_key)
+                mid_update = True
                 optimizer.step()
-                state.step += 1
-                state.batch_in_epoch += 1
-                updating = False
+                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
                 state.loss_sum, state.loss_steps = state.loss_sum + logs["loss"], state.loss_steps + 1
+                mid_update = False
                 progress.step(logs["loss"])
-                logs |= {"lr": lr, "grad_norm": grad_norm}
-                for cb in callbacks:
-                    cb.on_step(state, logs)
-                if config.log_every > 0 and state.step % config.log_every == 0:
-                    logger.log("train", state.step, {"epoch": state.epoch, **logs})
                 if config.max_steps and state.step >= config.max_steps:
-                    state.stopped = "max_steps"
+                    state.stopped = "max_steps"  # a step budget ends one invocation, not the run
+                for cb in hooks:
+                    cb.on_step(state, logs)
+                if state.stopped:
                     break
-                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    checkpoint("last.pt")
             if state.stopped:
-                checkpoint("last.pt")
+                for cb in hooks:
+                    cb.on_stop(state)
                 break
-            progress.end_epoch(state.epoch, state.batch_in_epoch, state.loss_sum / max(1, state.loss_steps))
-            epoch_logs: dict[str, Any] = {"epoch": state.epoch, "batch_size": batch_size,
-                                          "train_loss": state.loss_sum / max(1, state.loss_steps),
-                                          "epoch_seconds": time.perf_counter() - t0}
+            loss = state.loss_sum / max(1, state.loss_steps)
+            progress.end_epoch(state.epoch, state.batch_in_epoch, loss)
+            log.epoch_logs = {"epoch": state.epoch, "batch_size": batch_size, "train_loss": loss,
+                              "epoch_seconds": time.perf_counter() - t0}
             metrics = evaluate(model) if evaluate is not None else {}
-            epoch_logs.update(metrics)
             state.epoch, state.batch_in_epoch, state.loss_sum, state.loss_steps = state.epoch + 1, 0, 0.0, 0
-            improved = config.monitor in metrics and (
-                state.best is None or sign * float(metrics[config.monitor]) > sign * state.best
-            )
-            if improved:
-                state.best, state.best_epoch = float(metrics[config.monitor]), state.epoch - 1
-                state.bad_epochs = 0
-            elif config.monitor in metrics:
-                state.bad_epochs += 1
-            stop = any([cb.on_epoch_end(state, metrics) for cb in callbacks])
-            if stop or (config.patience > 0 and state.bad_epochs >= config.patience):
-                state.stopped = "early_stopping"
-            logger.log("epoch", state.step, epoch_logs)
-            checkpoint("last.pt")
-            if improved:
-                checkpoint("best.pt")
+            for cb in hooks:  # a True from any hook stops training; the checkpoint (last hook) records it
+                if cb.on_epoch_end(state, metrics) and not state.stopped:
+                    state.stopped = "early_stopping"
     except NonFiniteLossError as err:
-        logger.log("error", err.step, {"error": "non_finite", "value": err.value, "batch_ids": err.batch_ids})
+        for cb in hooks:
+            cb.on_error(state, "non_finite", {"value": err.value, "batch_ids": err.batch_ids})
         raise
     except KeyboardInterrupt:  # Ctrl-C: keep the work done so far (unless it came mid-update) for --resume
         progress.close()
-        if not updating and info.world_size == 1:  # under DDP saving is collective: keep the last saved
-            checkpoint("last.pt")
-        raise TrainingInterrupted(*saved) from None
+        for cb in hooks:
+            cb.on_interrupt(state, mid_update)
+        raise TrainingInterrupted(*saver.saved) from None
     finally:
         progress.close()
-        logger.close()
+        log.close()
     ddp.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return state
+
+
+def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, resume: Checkpoint, config: LoopConfig,
+            info: Any, echo: Callable[[str], None] | None) -> LoopState:
+    """Model, optimiser, loop state and RNG of a checkpoint (a step budget that ended it is cleared)."""
+    model.load_state_dict(resume.model)
+    if resume.optimizer is not None:
+        optimizer.load_state_dict(resume.optimizer)
+    state = LoopState(**resume.meta["loop"])
+    if state.stopped == "max_steps":
+        state.stopped = ""
+    restore_rng(resume.rng)
+    note = ddp.restore_rank_rng(resume.meta.get("rank_rng"), info, config.seed, state.step)
+    if note and echo is not None and info.is_main:
+        echo(note)
+    return state
+
+
+def _step(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+          batch: dict[str, Any], lr: float, config: LoopConfig, info: Any, state: LoopState,
+          id_key: str) -> dict[str, float]:
+    """Forward, loss, backward and clipping of one batch (the caller takes the optimiser step); the logs."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    outputs = net(batch)
+    losses = loss_fn(outputs if isinstance(outputs, dict) else {"logits": outputs}, batch)
+    loss, weight = losses["loss"], float(losses.pop("loss_weight", 1.0))
+    logs, scale = ddp.reduce_step(losses, weight, info)
+    if not math.isfinite(logs["loss"]):  # every rank sees the global value and stops together
+        raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), logs["loss"])
+    optimizer.zero_grad(set_to_none=True)
+    (loss * scale if scale != 1.0 else loss).backward()
+    grad_norm = _clip(model, config)
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLossError(state.step, _batch_ids(batch, id_key), grad_norm)
+    return logs | {"lr": lr, "grad_norm": grad_norm}

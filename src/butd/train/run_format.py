@@ -17,8 +17,8 @@ from butd.errors import UserError
 from butd.shards import FeatureStore, sha256_file
 from butd.shards.spec import MANIFEST_NAME
 
-__all__ = ["RUN_FORMAT", "RUN_VERSION", "checkpoint_meta", "data_entry", "read_run", "resolve_data",
-           "store_facts", "write_run"]
+__all__ = ["RUN_FORMAT", "RUN_VERSION", "begin_run", "checkpoint_meta", "data_entry", "finish_run", "read_run",
+           "resolve_data", "store_facts", "write_run"]
 
 RUN_FORMAT = "butd-run"
 RUN_VERSION = 1
@@ -64,10 +64,40 @@ def write_run(run_dir: str | Path, *, task: str, model: str, data: dict[str, Any
             "data": {k: entry(v) for k, v in data.items()}, "store": store, "vocab": "vocab.json",
             "checkpoints": {"best": "checkpoints/best.pt", "last": "checkpoints/last.pt"},
             "world_size": world_size, **extra}
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    tmp.replace(run_dir / "run.json")
+    _write_text(run_dir / "run.json", json.dumps(info, indent=2))
     return info
+
+
+def begin_run(run_dir: str | Path, config: Any, vocab: Any, **run: Any) -> dict[str, Any]:
+    """What every trainer writes before its first step, at the same moment for both tasks: config.yaml (the
+    merged config, for people; checkpoints carry it for programs), vocab.json and run.json (status
+    "training"; ``run``: :func:`write_run`'s keywords)."""
+    import yaml
+
+    from butd.config import to_plain
+
+    run_dir = Path(run_dir)
+    _write_text(run_dir / "config.yaml", yaml.safe_dump(to_plain(config), sort_keys=False))
+    vocab.save(run_dir / "vocab.json")
+    return write_run(run_dir, status="training", **run)
+
+
+def finish_run(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """run.json once training ended: status "finished" and the trainer's summary."""
+    path = Path(run_dir) / "run.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info.update(status="finished", summary=summary)
+    _write_text(path, json.dumps(info, indent=2))
+    return info
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

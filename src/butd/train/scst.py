@@ -25,14 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from butd.datasets.vocab import EOS, PAD, Vocab
+from butd.datasets.vocab import EOS, PAD, Vocab, tokens_to_text
 from butd.evaluate.cider import CiderD
 from butd.models.caption_base import CaptionModel
 from butd.models.decoding import greedy_decode, sample_decode
 from butd.registry import Entry, Registry
 
-__all__ = ["EOS_WORD", "SCST_BASELINES", "ScstConfig", "ScstObjective", "reward_refs", "reward_texts",
-           "tokens_to_text"]
+__all__ = ["EOS_WORD", "SCST_BASELINES", "ScstConfig", "ScstObjective", "reward_refs", "reward_texts"]
 
 EOS_WORD = "<eos>"
 
@@ -60,11 +59,6 @@ def reward_texts(tokens: torch.Tensor, vocab: Vocab, reward_eos: bool) -> list[s
 def reward_refs(refs: Sequence[Sequence[str]], reward_eos: bool) -> list[list[str]]:
     """Reference captions as the reward sees them (each ends with "<eos>" when ``reward_eos``)."""
     return [[f"{r} {EOS_WORD}" if reward_eos else r for r in rs] for rs in refs]
-
-
-def tokens_to_text(tokens: torch.Tensor, vocab: Vocab) -> list[str]:
-    """Decoded captions of token rows [N, T] (stops at EOS)."""
-    return [vocab.decode(row) for row in tokens.tolist()]
 
 
 def _greedy_baseline(obj: ScstObjective, batch: Mapping[str, Any], rewards: torch.Tensor) -> torch.Tensor:

@@ -28,28 +28,22 @@ from butd.datasets.vqa import (
     join_store,
     load_vqa,
 )
+from butd.devices import resolve_device
+from butd.errors import UserError
 from butd.evaluate.vqa_accuracy import vqa_accuracy
+from butd.models.inference import answer_ids
 from butd.models.registry import MODELS, task_of
 from butd.models.updown_vqa import UpDownVQAConfig, load_glove, vqa_loss
+from butd.registry import Entry, Registry
 from butd.shards import FeatureStore
 from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint
-from butd.train.loop import LoopConfig, LoopState, fit
+from butd.train.loop import LoopConfig, check_loop, fit
 from butd.train.progress import terminal_bar
-from butd.train.run_format import checkpoint_meta, read_run, resolve_data, store_facts, write_run
+from butd.train.run_format import begin_run, checkpoint_meta, finish_run, store_facts
 
-__all__ = [
-    "OPTIMIZERS",
-    "VQAPaths",
-    "VQATrainConfig",
-    "eval_run",
-    "evaluate_dataset",
-    "load_config",
-    "load_run",
-    "predict",
-    "prepare_data",
-    "train_vqa",
-]
+__all__ = ["OPTIMIZERS", "VQAPaths", "VQATrainConfig", "annotations_of", "build_model", "check_vqa_config",
+           "load_config", "predict", "prepare_data", "train_vqa"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +75,11 @@ class VQAPaths:
     glove: str | None = None
 
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamax": torch.optim.Adamax,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
+OPTIMIZERS = Registry("optimizer", {
+    "adamax": Entry(None, "torch.optim:Adamax", "Adamax (bottom-up-attention-vqa's choice)"),
+    "adam": Entry(None, "torch.optim:Adam", "Adam"),
+    "adamw": Entry(None, "torch.optim:AdamW", "AdamW (decoupled weight decay)"),
+})
 
 
 def load_config(
@@ -93,12 +87,6 @@ def load_config(
 ) -> VQATrainConfig:
     """Defaults, then the YAML file's keys, then ``overrides`` (nested dicts)."""
     return _load_config(VQATrainConfig, yaml_path, overrides)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def prepare_data(
@@ -123,6 +111,19 @@ def prepare_data(
     return train_ds, val_ds, vocab, answers, reports
 
 
+def check_vqa_config(cfg: VQATrainConfig, world_size: int = 1) -> None:
+    """Every setting of the run, before any work starts."""
+    vqa = [n for n in MODELS.names() if task_of(n) == "vqa"]
+    if cfg.model_name not in vqa:
+        raise UserError(f"{cfg.model_name!r} is not a VQA model", "model_name", f"choose one of {', '.join(vqa)}",
+                        usage=True)
+    OPTIMIZERS.entry(cfg.optimizer)
+    check_loop(cfg.loop, "loop", world_size)
+    if cfg.data.max_question_len < 1:
+        raise UserError("data.max_question_len must be at least 1", cfg.data.max_question_len, "fix the value",
+                        usage=True)
+
+
 def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(
         dataset,
@@ -133,26 +134,20 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoad
     )
 
 
-@torch.no_grad()
 def predict(
     model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu",
     indices: Sequence[int] | None = None,
 ) -> dict[int, str]:
     """Best answer per question id (of the examples at ``indices`` only, when given: one rank's shard)."""
-    was_training = model.training
-    model.eval()
+    subset = dataset if indices is None else Subset(dataset, list(indices))
     out: dict[int, str] = {}
-    for batch in terminal_bar(_loader(dataset if indices is None else Subset(dataset, list(indices)), batch_size),
-                              "answering"):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        best = model(batch)["logits"].argmax(dim=1).tolist()
-        for qid, j in zip(batch["question_id"].tolist(), best, strict=True):
-            out[int(qid)] = dataset.answers[j]
-    model.train(was_training)
+    for qids, best in answer_ids(model, terminal_bar(_loader(subset, batch_size), "answering"), device):
+        out.update((q, dataset.answers[j]) for q, j in zip(qids, best, strict=True))
     return out
 
 
-def _annotations(examples: Sequence[VQAExample]) -> list[dict[str, Any]]:
+def annotations_of(examples: Sequence[VQAExample]) -> list[dict[str, Any]]:
+    """The official evaluator's annotation rows of the annotated examples."""
     return [
         {
             "question_id": ex.question_id,
@@ -165,27 +160,15 @@ def _annotations(examples: Sequence[VQAExample]) -> list[dict[str, Any]]:
     ]
 
 
-def evaluate_dataset(
-    model: torch.nn.Module, dataset: VQADataset, batch_size: int = 512, device: str | torch.device = "cpu"
-) -> tuple[dict[str, Any], dict[int, str]]:
-    """Official accuracy on the annotated questions of ``dataset``, plus the predictions."""
-    preds = predict(model, dataset, batch_size, device)
-    anns = _annotations(dataset.examples)
-    return vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns]), preds
-
-
-def _build_model(
-    cfg: VQATrainConfig, vocab: Vocab, answers: Sequence[str], feature_dim: int, glove: str | None
-) -> torch.nn.Module:
+def build_model(cfg: VQATrainConfig, vocab: Vocab, answers: Sequence[str], feature_dim: int,
+                glove: str | None = None) -> torch.nn.Module:
+    """The run's VQA model (``MODELS[cfg.model_name]``), word embeddings from ``glove`` when given."""
     if cfg.model_name not in MODELS or task_of(cfg.model_name) != "vqa":
         vqa = [n for n in MODELS.names() if task_of(n) == "vqa"]
-        raise ValueError(f"unknown VQA model {cfg.model_name!r} (known: {', '.join(vqa)})")
+        raise UserError(f"unknown VQA model {cfg.model_name!r}", "model_name", f"choose one of {', '.join(vqa)}",
+                        usage=True)
     emb = load_glove(glove, vocab.words, cfg.model.word_dim) if glove else None
     return MODELS.builder(cfg.model_name)(len(vocab), len(answers), feature_dim, cfg.model, emb)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
 
 
 def train_vqa(
@@ -195,11 +178,12 @@ def train_vqa(
     *,
     resume: bool = False,
     echo: Callable[[str], None] | None = print,
-) -> LoopState:
-    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt).
+) -> dict[str, Any]:
+    """Train into run directory ``out`` (``resume`` continues from out/checkpoints/last.pt); the summary.
 
     Under torchrun every rank calls this alike (see :mod:`butd.train.distributed`); rank 0 writes."""
-    info, device = ddp.setup(_resolve_device(cfg.device))
+    info, device = ddp.setup(torch.device(resolve_device(cfg.device)))
+    check_vqa_config(cfg, info.world_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
@@ -211,26 +195,23 @@ def train_vqa(
             echo(f"{split}: skipped {rep['missing_questions']} question(s) on {rep['missing_images']} "
                  "image(s) missing from the feature store")
     torch.manual_seed(cfg.loop.seed)
-    model = _build_model(cfg, vocab, answers, train_ds.feature_dim, paths.glove)
+    model = build_model(cfg, vocab, answers, train_ds.feature_dim, paths.glove)
     if ckpt is None and hasattr(model, "init_answer_bias"):
         model.init_answer_bias(train_ds.answer_prior())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, lr=cfg.loop.lr, weight_decay=cfg.weight_decay)
-    import yaml
-
     store = store_facts(train_ds.store)
     if info.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False), encoding="utf-8")
-        write_run(out, task="vqa", model=cfg.model_name, store=store, data_report=reports,
+        (out / "answers.json").write_text(json.dumps(answers, indent=1), encoding="utf-8")
+        begin_run(out, cfg, vocab, task="vqa", model=cfg.model_name, store=store, data_report=reports,
                   num_answers=len(answers), vocab_size=len(vocab), world_size=info.world_size,
+                  skip_missing=cfg.data.skip_missing,
                   data={"features": paths.features, "questions": paths.questions,
                         "annotations": paths.annotations, "val_questions": paths.val_questions,
                         "val_annotations": paths.val_annotations, "glove": paths.glove})
-        _write_json(out / "answers.json", answers)
-        vocab.save(out / "vocab.json")
     meta = checkpoint_meta("vqa", cfg.model_name, to_plain(cfg), vocab.words, store, answers=answers)
 
-    anns = _annotations(val_ds.examples) if val_ds is not None else []
+    anns = annotations_of(val_ds.examples) if val_ds is not None else []
     val_mine = ddp.shard_indices(len(val_ds), info) if val_ds is not None else []
 
     def _val_accuracy(items: list[Any]) -> dict[str, float]:  # once, over every rank's predictions
@@ -246,93 +227,10 @@ def train_vqa(
     def loss_fn(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": vqa_loss(outputs["logits"], batch["target"])}
 
-    return fit(
-        model,
-        optimizer,
-        train_ds,
-        loss_fn,
-        cfg.loop,
-        out,
-        evaluate=evaluate if val_ds else None,
-        meta=meta,
-        resume=ckpt,
-        device=device,
-        echo=echo,
-    )
-
-
-def load_run(
-    run: str | Path, which: str = "best"
-) -> tuple[torch.nn.Module, VQATrainConfig, Vocab, list[str], dict[str, Any]]:
-    """Model (eval mode, CPU), config, vocab, answers and run.json of a run; falls back to last.pt."""
-    run = Path(run)
-    info = read_run(run)
-    if info["task"] != "vqa":
-        from butd.errors import UserError
-
-        raise UserError(f"this is a {info['task']} run, not a VQA run", run, "pass a run trained with --model vqa",
-                        usage=True)
-    path = run / info["checkpoints"][which]
-    if not path.exists():
-        path = run / info["checkpoints"]["last"]
-    ckpt = load_checkpoint(path)
-    cfg = load_config(None, ckpt.meta["config"])
-    vocab, answers = Vocab(ckpt.meta["vocab"], "question"), list(ckpt.meta["answers"])
-    model = _build_model(cfg, vocab, answers, int(ckpt.meta["feature_dim"]), None)
-    model.load_state_dict(ckpt.model)
-    model.eval()
-    return model, cfg, vocab, answers, info
-
-
-def split_files(run: str | Path, info: dict[str, Any], split: str,
-                questions: Sequence[str] | None = None, annotations: Sequence[str] | None = None) -> tuple[Any, Any]:
-    """(questions, annotations or None) files of ``split`` ("val" or "train"), where they are now.
-
-    ``questions`` / ``annotations`` (the ``--questions`` / ``--annotations`` options) replace the recorded ones.
-    """
-    from butd.errors import UserError
-
-    if split not in ("train", "val"):
-        raise UserError("a VQA run has the splits train and val", f"--split {split}",
-                        "pass --split val (or train), or --questions/--annotations of another split with "
-                        "--split val", usage=True)
-    q_key, a_key = ("val_questions", "val_annotations") if split == "val" else ("questions", "annotations")
-    if not questions and not info["data"].get(q_key):
-
-        raise UserError(f"the run has no {split} questions", run,
-                        "train it with --val-questions, or pass --questions", usage=True)
-    qs = resolve_data(run, info, q_key, questions)
-    ans = resolve_data(run, info, a_key, annotations) if annotations or not questions else None
-    return qs, ans or None
-
-
-def eval_run(
-    run: str | Path, split: str = "val", echo: Callable[[str], None] | None = print, *,
-    features: str | None = None, questions: Sequence[str] | None = None,
-    annotations: Sequence[str] | None = None, device: str | torch.device = "cpu", version: str = "2017",
-) -> dict[str, Any]:
-    """Evaluate a run on its ``split`` ("val" or "train") with the official evaluator ``version``
-    ("2017" or "master", see butd.evaluate.vqa_accuracy).
-
-    Writes eval_<split>.json and results_<split>.json (official results format)."""
-    run = Path(run)
-    model, cfg, vocab, answers, info = load_run(run)
-    questions, annotations = split_files(run, info, split, questions, annotations)
-    store = FeatureStore(resolve_data(run, info, "features", features))
-    model.to(device)
-    examples = load_vqa(questions, annotations)
-    examples, report = join_store(examples, store, cfg.data.skip_missing)
-    dataset = VQADataset(examples, store, vocab, answers, cfg.data)
-    preds = predict(model, dataset, cfg.eval_batch_size, device)
-    anns = _annotations(examples)
-    result: dict[str, Any] = {"split": split, "data": report}
-    if anns:
-        result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns], version=version))
-    _write_json(run / f"eval_{split}.json", result)
-    _write_json(run / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in preds.items()])
-    if echo is not None and anns:
-        echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions "
-             f"(official evaluator, {version} rules)")
-        for k, v in sorted(result["per_answer_type"].items()):
-            echo(f"  {k:8s} {v:.2f}")
-    return result
+    state = fit(model, optimizer, train_ds, loss_fn, cfg.loop, out, evaluate=evaluate if val_ds else None,
+                meta=meta, resume=ckpt, device=device, echo=echo)
+    summary = {"steps": state.step, "epochs": state.epoch, "best": state.best, "best_epoch": state.best_epoch,
+               "stopped": state.stopped}
+    if info.is_main:
+        finish_run(out, summary)
+    return summary

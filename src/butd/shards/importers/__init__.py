@@ -7,12 +7,14 @@ records it in `failures.jsonl` inside the store and goes on.
 
 from __future__ import annotations
 
-import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from butd.registry import Entry, Registry
+from butd.shards.folder import FailureLog
 from butd.shards.importers.common import ImportRowError, Row
+from butd.shards.lock import folder_lock
 from butd.shards.spec import FAILURES_NAME, RecordError, StoreError
 from butd.shards.writer import ShardWriter
 
@@ -66,32 +68,37 @@ def import_files(
         raise StoreError(f"{dest}: exists and is not empty; choose a new destination")
     summary = ImportSummary(dest)
     source_info = {"format": fmt, "files": [s.name for s in sources]}
-    writer = ShardWriter(dest, "region", max_records=max_records, source=source_info)
-    try:
-        rows = IMPORT_FORMATS.builder(fmt)(sources, allow_pickle=allow_pickle, ids=ids, progress=progress,
-                            skipped=summary.skipped_fields)
-        for row in rows:
-            reason = row.error
-            if reason is None:
-                try:
-                    if feature_dim is not None and row.record["features"].shape[-1] != feature_dim:
-                        raise RecordError(f"features have width {row.record['features'].shape[-1]}, "
-                                          f"expected {feature_dim}")
-                    writer.add(row.image_id, row.record)
-                    continue
-                except RecordError as exc:
-                    reason = str(exc)
-            if not skip_bad:
-                raise ImportRowError(f"{row.where}: {reason}")
-            summary.failures.append({"where": row.where, "image_id": row.image_id, "reason": reason})
-        if summary.failures:
-            with open(dest / FAILURES_NAME, "w", encoding="utf-8") as f:
-                for fail in summary.failures:
-                    f.write(json.dumps(fail) + "\n")
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    created = not dest.exists()
+    with folder_lock(dest, "store"):
+        writer = ShardWriter(dest, "region", max_records=max_records, source=source_info)
+        try:
+            rows = IMPORT_FORMATS.builder(fmt)(sources, allow_pickle=allow_pickle, ids=ids, progress=progress,
+                                               skipped=summary.skipped_fields)
+            for row in rows:
+                reason = row.error
+                if reason is None:
+                    try:
+                        if feature_dim is not None and row.record["features"].shape[-1] != feature_dim:
+                            raise RecordError(f"features have width {row.record['features'].shape[-1]}, "
+                                              f"expected {feature_dim}")
+                        writer.add(row.image_id, row.record)
+                        continue
+                    except RecordError as exc:
+                        reason = str(exc)
+                if not skip_bad:
+                    raise ImportRowError(f"{row.where}: {reason}")
+                summary.failures.append({"image_id": row.image_id, "where": row.where, "reason": reason})
+            log = FailureLog(dest / FAILURES_NAME)
+            for fail in summary.failures:
+                log.add(fail["image_id"], fail["where"], fail["reason"], once=False)  # every bad row
+            writer.close()
+        except BaseException:
+            writer.abort()  # an import is not resumable: nothing of it is left
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            else:
+                (dest / FAILURES_NAME).unlink(missing_ok=True)
+            raise
     summary.records = len(writer)
     return summary
 
