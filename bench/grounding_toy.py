@@ -32,6 +32,7 @@ from butd.evaluate.caption_checks import grounding_report, hallucination_inputs
 from butd.evaluate.grounding import baseline_attention
 from butd.models.decoding import greedy_decode
 from butd.shards import FeatureStore
+from butd.tasks.caption import load_run
 from butd.train.caption import CaptionPaths, load_caption_config, train_caption
 
 SMALL = {"embed_dim": 64, "hidden_dim": 128, "att_dim": 32, "dropout": 0.1}
@@ -71,9 +72,8 @@ def main() -> None:
         t0 = time.perf_counter()
         train_caption(cfg, CaptionPaths(str(store_path), str(captions)), root / "run", echo=None)
         train_s = time.perf_counter() - t0
-        from butd.tasks.caption import load_run
-
-        cfg, model, vocab, _ = load_run(root / "run")
+        run = load_run(root / "run")
+        cfg, model, vocab = run.config, run.model, run.vocab
         store = FeatureStore(store_path)
         test = CaptionDataset(split_images(load_karpathy(captions), "test"), store, vocab, cfg.data, per_caption=False)
         words, attention = _captions_and_attention(model, test, vocab, cfg.decode.max_len)

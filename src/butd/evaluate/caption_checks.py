@@ -21,7 +21,7 @@ from butd.evaluate.chair import ChairWords, chair, ground_truth_objects, load_ch
 from butd.evaluate.diagnostics import caption_diagnostics
 from butd.evaluate.grounding import ground_caption, grounding_summary, load_box_file, record_boxes
 
-__all__ = ["HallucinationInputs", "caption_checks", "grounding_report", "hallucination_inputs"]
+__all__ = ["HallucinationInputs", "caption_checks", "checks_lines", "grounding_report", "hallucination_inputs"]
 
 Boxes = dict[str, list[tuple[str, tuple[float, ...]]]]
 
@@ -54,7 +54,10 @@ def hallucination_inputs(captions_file: str | Path, instances: Iterable[str | Pa
         chair_words = folder / "chair_words.json"
     words = load_chair_words(chair_words)
     box_map = load_box_file(boxes, words) if boxes is not None else None
-    return HallucinationInputs(words, load_instances(files) if files else {}, tuple(map(str, files)), box_map)
+    inst = load_instances(files) if files else {}
+    for name in sorted({name for found in inst.values() for name, _ in found}):  # every category known, up front
+        words.category_object(name, ", ".join(map(str, files)))
+    return HallucinationInputs(words, inst, tuple(map(str, files)), box_map)
 
 
 def caption_checks(preds: Mapping[str, str], references: Mapping[str, Sequence[str]],
@@ -95,3 +98,27 @@ def grounding_report(words: Mapping[str, Sequence[str]], attention: Mapping[str,
     summary = grounding_summary(grounded)
     summary["top_k"] = k
     return summary, per_image
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def checks_lines(report: Mapping[str, Any]) -> list[str]:
+    """The lines `butd eval` prints for the extra steps of a caption eval report (percentages)."""
+    lines = []
+    if "chair" in report:
+        c = report["chair"]
+        lines.append(f"CHAIR-s {_pct(c['CHAIR_s'])}  CHAIR-i {_pct(c['CHAIR_i'])}  object recall "
+                     f"{_pct(c['object_recall'])}  ({c['hallucinated']} of {c['mentions']} object mentions "
+                     f"hallucinated; words: {c['words']})")
+    if "grounding" in report:
+        g = report["grounding"]
+        lines.append(f"grounding accuracy {_pct(g['grounding_accuracy'])}  attention correctness "
+                     f"{_pct(g['attention_correctness'])}  ({g['grounded_mentions']} mentions with boxes)")
+    if "diagnostics" in report:
+        d = report["diagnostics"]
+        copied = "-" if d["in_training"] is None else _pct(d["in_training"])
+        lines.append(f"repeats {_pct(d['repeat'])}%  bad endings {_pct(d['bad_ending'])}%  mean length "
+                     f"{d['mean_length']:.1f}  vocabulary {d['vocabulary']}  copied from training {copied}%")
+    return lines
