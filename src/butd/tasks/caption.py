@@ -193,6 +193,12 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
     dataset, store_path, captions_path = _dataset(loaded, split, options.get("features"), options.get("captions"))
     inputs = hallucination_inputs(captions_path, options.get("instances") or (), options.get("chair_words"),
                                   options.get("boxes"))
+    if options.get("attention") and dataset.images:  # a store without usable boxes stops before decoding
+        from butd.evaluate.grounding import record_boxes
+        from butd.shards import FeatureStore
+
+        first = FeatureStore(store_path)[dataset.images[0].image_id]
+        record_boxes(first, len(first["features"]), store_path)
     dcfg = with_beam(options.get("decode") or loaded.config.decode, options.get("beam"))
     beam = dcfg.beam if dcfg.method == "beam" else 1
     preds = _captions(loaded, dataset, dcfg)
