@@ -27,6 +27,12 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
         report = json.loads((out / "runs" / run / "eval_test.json").read_text())
         assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(report["metrics"])
         assert (out / "reports" / f"{run}.html").exists()
+        assert {"repeat", "bad_ending", "mean_length", "vocabulary"} <= set(report["diagnostics"])
+        assert {"CHAIR_s", "CHAIR_i"} <= set(report["chair"]) and (out / "runs" / run / "attention_test.json").exists()
+    grounding = json.loads((out / "runs" / "updown" / "eval_test.json").read_text())["grounding"]
+    assert grounding["grounded_mentions"] > 0 and grounding["grounding_accuracy"] is not None
+    for printed in ("CHAIR-s", "CHAIR-i", "grounding accuracy", "repeats"):  # the summary of the toy Up-Down run
+        assert printed in output, printed
     assert json.loads((out / "runs" / "vqa" / "eval_val.json").read_text())["overall"] > 0
     assert (out / "answer_attention.png").exists()
     assert "grace_hopper.jpg\t" in output  # a real photo got a caption

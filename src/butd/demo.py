@@ -118,8 +118,8 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
         step(f"train --model {model} --config {CONFIGS / (model + '.yaml')} --features {feats / store} "
              f"--captions {captions} --out {runs / model}",
              caption.train, model, options, runs / model, config=CONFIGS / f"{model}.yaml", echo=echo)
-        step(f"eval {runs / model} --split test --beam 3", caption.evaluate, runs / model, "test", beam=3,
-             device=device, echo=echo, verbose=verbose)
+        step(f"eval {runs / model} --split test --beam 3 --attention", caption.evaluate, runs / model, "test",
+             beam=3, device=device, echo=echo, attention=True, verbose=verbose)
 
     console.rule("[bold]4. captions for real photos (the extractor recorded in the run, then the model)")
     photos = shipped_photos(out / "photos") or sorted((toy / "val2014").glob("*.jpg"))[:3]
@@ -167,9 +167,17 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
 def _summary(runs: Path) -> dict[str, str]:
     out = {}
     for model in ("updown", "sat-soft"):
-        m = json.loads((runs / model / "eval_test.json").read_text())["metrics"]
+        report = json.loads((runs / model / "eval_test.json").read_text())
+        m, c, g, d = report["metrics"], report.get("chair"), report.get("grounding"), report["diagnostics"]
         out[model] = (f"test BLEU-4 {100 * m['BLEU-4']:.1f}  METEOR {100 * m.get('METEOR', 0):.1f}  "
                       f"CIDEr {100 * m['CIDEr']:.1f}")
+        if c:
+            out[f"{model} objects"] = f"CHAIR-s {100 * c['CHAIR_s']:.1f}  CHAIR-i {100 * c['CHAIR_i']:.1f}" + (
+                f"  grounding accuracy {100 * g['grounding_accuracy']:.1f}  attention correctness "
+                f"{100 * g['attention_correctness']:.1f}" if g and g["grounding_accuracy"] is not None else "")
+        out[f"{model} diagnostics"] = (f"repeats {100 * d['repeat']:.1f}%  bad endings {100 * d['bad_ending']:.1f}%  "
+                                       f"mean length {d['mean_length']:.1f}  vocabulary {d['vocabulary']}  "
+                                       f"copied {100 * (d['in_training'] or 0):.1f}%")
     v = json.loads((runs / "vqa" / "eval_val.json").read_text())
     per = "  ".join(f"{k} {a:.1f}" for k, a in sorted(v["per_answer_type"].items()))
     out["vqa"] = f"val accuracy {v['overall']:.1f}  ({per})"

@@ -168,7 +168,7 @@ def _ref_digit_article(in_text: str) -> str:
     return " ".join(out)
 
 
-def _reference(preds: dict[int, str], anns: list[dict]) -> tuple[float, dict[int, float]]:
+def _reference(preds: dict[int, str], anns: list[dict], raw: dict | None = None) -> tuple[float, dict[int, float]]:
     acc_qa, per_q = [], {}
     for ann in anns:
         gts = [dict(a) for a in ann["answers"]]
@@ -185,6 +185,8 @@ def _reference(preds: dict[int, str], anns: list[dict]) -> tuple[float, dict[int
         avg = float(sum(gt_acc)) / len(gt_acc)
         acc_qa.append(avg)
         per_q[ann["question_id"]] = round(100 * avg, 2)
+        if raw is not None:
+            raw[ann["question_id"]] = avg
     return round(100 * float(sum(acc_qa)) / len(acc_qa), 2), per_q
 
 
@@ -289,3 +291,33 @@ def test_version_in_the_report_and_unknown_version() -> None:
         assert res["overall"] == pytest.approx(round(expected, 2)) and res["evaluator"] == version
     with pytest.raises(ValueError, match="unknown VQA evaluator version"):
         vqa_accuracy(preds, anns, version="2019")
+
+
+def test_per_question_type_matches_the_official_set_accuracy() -> None:
+    """vqaEval.py (a013f00 and 458a8b2) appends each question's leave-one-out average to its question type's
+    and answer type's lists and reports round(100 * mean, 2) per type (setAccuracy)."""
+    from butd.evaluate.vqa_accuracy import question_type_rows, question_types
+
+    types = question_types()
+    assert len(types) == 65 and types[:3] == ("how many", "is the", "what") and types[-1] == "none of the above"
+    rng = random.Random(1)
+    anns, preds = [], {}
+    for qid in range(300):
+        pool = [_random_answer(rng) for _ in range(rng.randint(1, 3))]
+        answers = [{"answer": rng.choice(pool), "answer_id": i + 1} for i in range(10)]
+        qtype = rng.choice(["what color is the", "how many", "is there a", "what shape is the"])
+        anns.append({"question_id": qid, "question_type": qtype, "answer_type": rng.choice(["yes/no", "other"]),
+                     "answers": answers})
+        preds[qid] = rng.choice([*pool, _random_answer(rng)])
+    avg: dict[int, float] = {}
+    _reference(preds, anns, raw=avg)
+    by_q, by_a = {}, {}
+    for ann in anns:  # the official lists (accQuesType, accAnsType) of per-question averages
+        by_q.setdefault(ann["question_type"], []).append(avg[ann["question_id"]])
+        by_a.setdefault(ann["answer_type"], []).append(avg[ann["question_id"]])
+    ours = vqa_accuracy(preds, anns)
+    assert ours["per_question_type"] == {k: round(100 * float(sum(v)) / len(v), 2) for k, v in by_q.items()}
+    assert ours["per_answer_type"] == {k: round(100 * float(sum(v)) / len(v), 2) for k, v in by_a.items()}
+    rows = question_type_rows(ours)
+    assert [r[0] for r in rows] == ["how many", "what color is the", "is there a", "what shape is the"]
+    assert sum(r[2] for r in rows) == 300 and rows[0][1] == ours["per_question_type"]["how many"]

@@ -155,10 +155,10 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from scipy.optimize import linear_sum_assignment  # noqa: E402
 from torchvision.ops import nms  # noqa: E402
 
 from butd.extract.images import load_image  # noqa: E402
+from butd.shards.compare import compare_records, pair_iou  # noqa: E402
 
 IOU_MIN, FEAT_RTOL = 0.99, 1e-3
 ATTR = ("cls_embedding", "fc_attr", "attr_score")
@@ -254,39 +254,29 @@ def _extract(photos, weights, out, *extra):
     return {k: store[k] for k in store}, man
 
 
-def _iou(a, b):
-    from torchvision.ops import box_iou
-
-    return box_iou(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
-
-
 def _compare(name, got, ref, layout):
     """Same count; every box matched one-to-one at IoU >= 0.99; equal ids; features within 1e-3.
 
-    IoU is measured with "+1" areas (boxes padded by one pixel, as Caffe measures overlap): random
-    weights make some boxes thinner than a pixel, where plain IoU turns a 1e-4 px difference into a
-    1% IoU change. The plain IoU and the largest coordinate difference are reported alongside."""
+    The matching and the measures are `butd shards compare`'s (`butd.shards.compare.compare_records`): one
+    implementation serves both. IoU is measured with "+1" areas (pad=1, as Caffe measures overlap): random
+    weights make some boxes thinner than a pixel, where plain IoU turns a 1e-4 px difference into a 1% IoU
+    change. The plain IoU and the largest coordinate difference are reported alongside."""
     n = int(got["num_boxes"])
     assert n == len(ref["boxes"]), f"{name}: {n} boxes vs {len(ref['boxes'])}"
-    a = torch.as_tensor(np.asarray(got["boxes"], np.float32))
-    b = torch.as_tensor(ref["boxes"], dtype=torch.float32)
-    pad = torch.tensor([0.0, 0.0, 1.0, 1.0])
-    iou = _iou(a + pad, b + pad)
-    feats = torch.as_tensor(np.asarray(got["features"], np.float32))
-    # one-to-one assignment by IoU, then by features: boxes clipped empty (e.g. all at (W, H, W, H))
-    # are identical, and only their features tell them apart
-    fdiff = (feats[:, None] - ref["features"][None]).abs().amax(2) / ref["features"].abs().amax(1)[None]
-    _, match = linear_sum_assignment((1 - iou + fdiff.clamp(max=1)).numpy())
-    match = torch.as_tensor(match)
-    best = iou[torch.arange(n), match]
-    assert float(best.min()) >= IOU_MIN, f"{name}: min IoU {float(best.min())}"
-    plain = float(_iou(a, b)[torch.arange(n), match].min())
-    coord = float((a - b[match]).abs().max())
-    rel = float(((feats - ref["features"][match]).abs().amax(1) / ref["features"][match].abs().amax(1)).max())
+    ref = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in ref.items()}
+    cmp = compare_records(name, got, ref, pad=1.0)
+    match = np.asarray(cmp.match)
+    a, b = np.asarray(got["boxes"], np.float32), ref["boxes"].astype(np.float32)
+    best = pair_iou(a, b, pad=1.0)[np.arange(n), match]
+    assert cmp.min_iou >= IOU_MIN, f"{name}: min IoU {cmp.min_iou}"
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(1)  # noqa: E731
+    empty = (area(a) == 0) & (area(b[match]) == 0)  # plain IoU 0/0: reported as nan (PARITY.md)
+    plain = float(np.where(empty, np.nan, pair_iou(a, b)[np.arange(n), match]).min())
+    coord = float(np.abs(a - b[match]).max())
+    rel = cmp.max_feature_diff
     assert rel <= FEAT_RTOL, f"{name}: max relative feature difference {rel}"
-    assert np.array_equal(got["objects_id"], ref["objects_id"][match].numpy()), name
-    assert np.array_equal(got["attrs_id"], ref["attrs_id"][match].numpy()), name
-    RESULTS.setdefault(layout, []).append((name, n, int((best >= IOU_MIN).sum()), float(best.min()), plain, coord, rel,
+    assert cmp.objects_agree == 1.0 and cmp.attributes_agree == 1.0, f"{name}: labels differ {cmp.relabelled}"
+    RESULTS.setdefault(layout, []).append((name, n, int((best >= IOU_MIN).sum()), cmp.min_iou, plain, coord, rel,
                                            _TIES.pop("last", 0)))
 
 

@@ -1,4 +1,4 @@
-"""``butd shards ...`` (info, verify, import, export, publish) and ``butd download``."""
+"""``butd shards ...`` (info, verify, compare, import, export, publish) and ``butd download``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _EXPORTS = "butd.shards.exporters:EXPORT_FORMATS"
 
 @click.group(cls=LazyGroup)
 def shards() -> None:
-    """Inspect, verify, import, export and publish feature stores."""
+    """Inspect, verify, compare, import, export and publish feature stores."""
 
 
 @shards.command("info")
@@ -74,6 +74,27 @@ def shards_verify(store: Path) -> None:
             click.echo(f"FAIL {p}", err=True)
         raise SystemExit(1)
     click.echo(f"OK {store}: {report.records} records, {report.bytes_hashed / 2**20:.1f} MiB hashed")
+
+
+@shards.command("compare")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Largest relative feature difference (max|a-b| / max|b| per box) that still passes.")
+@click.option("--min-iou", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Smallest IoU of matched boxes that still passes (region stores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and every differing image as JSON.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Differing images listed in the text output.")
+def shards_compare(a: Path, b: Path, tolerance: float, min_iou: float, as_json: bool, limit: int) -> None:
+    """Compare store A with the reference store B image by image; exit 1 unless within --tolerance."""
+    from butd.shards.compare import compare_stores, describe
+
+    result = compare_stores(a, b, tolerance=tolerance, min_iou=min_iou)
+    for line in ([json.dumps(result, indent=2)] if as_json else describe(result, limit)):
+        click.echo(line)
+    if not result["summary"]["ok"]:
+        raise SystemExit(1)
 
 
 @shards.command("import")

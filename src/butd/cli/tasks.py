@@ -92,13 +92,25 @@ _ANNOTATIONS = click.option("--annotations", type=_file(), multiple=True,
               help="VQA runs: the official evaluator's 2017 rules (challenge, papers; the default) or master "
                    "(2021 fix).")
 @click.option("--verbose", is_flag=True, help="Show the metric libraries' own output (pycocoevalcap, its Java tools).")
+@click.option("--instances", type=_file(), multiple=True,
+              help="[caption] COCO instance annotations for CHAIR and grounding (repeatable; default: "
+                   "annotations/instances_*.json beside the captions file).")
+@click.option("--chair-words", type=_file(),
+              help="[caption] CHAIR word list JSON (default: chair_words.json beside the captions file, else the "
+                   "80 COCO categories of Rohrbach et al.).")
+@click.option("--boxes", type=_file(), help="[caption] ground-truth boxes per image for grounding "
+                                            "(butd-grounding-boxes JSON; default: the instances).")
+@click.option("--attention", is_flag=True,
+              help="Write RUN/attention_SPLIT.json: the top-3 attended regions of each word (VQA: each question) "
+                   "and, where ground-truth boxes are known, grounding accuracy and attention correctness.")
 @device_option
 @_FEATURES
 @_CAPTIONS
 @_QUESTIONS
 @_ANNOTATIONS
 def eval_cmd(run: Path, split: str | None, device: str, **options: Any) -> None:
-    """Evaluate RUN: COCO caption metrics or the official VQA accuracy; writes RUN/eval_SPLIT.json."""
+    """Evaluate RUN: COCO caption metrics, CHAIR and diagnostics, or the official VQA accuracy (per answer and
+    question type); writes RUN/eval_SPLIT.json."""
     from butd.tasks import task_module
 
     task_module(_task_of_run(run)).evaluate(run, split, device=pick_device(device), echo=click.echo, **options)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from butd.datasets.toy_text import ToyObject, make_answers, make_captions, make_questions, tokenize
+from butd.datasets.toy_truth import write_truth_files
 
 __all__ = ["BACKGROUNDS", "COLOURS", "SHAPES", "ToyConfig", "make_toy_world"]
 
@@ -267,6 +268,7 @@ def make_toy_world(root: str | Path, config: ToyConfig = ToyConfig()) -> dict:
     _write_json(files["vg_image_data"], vg_images)
     _write_json(files["vg_objects"], vg_objects)
     _write_json(files["vg_attributes"], vg_attrs)
+    files.update(write_truth_files(root, world, SHAPES, _INFO))  # instances + CHAIR words (CHAIR, grounding)
 
     split_counts = {s: split_of.count(s) for s in ("train", "restval", "val", "test")}
     return {"root": str(root), "n_images": config.n_images, "splits": split_counts,

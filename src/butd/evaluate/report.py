@@ -21,12 +21,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from butd.evaluate.attention_viz import VizConfig, attention_figure, fit
-from butd.evaluate.vqa_accuracy import answer_accuracy
+from butd.evaluate.vqa_accuracy import answer_accuracy, question_types
 
 _MIME = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -53,6 +54,7 @@ class ReportItem:
     answers: tuple[tuple[str, float], ...] = ()
     truth: tuple[str, ...] = ()
     answer_type: str = ""
+    question_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,18 +130,33 @@ def _summary_html(items: list[ReportItem]) -> str:
     images = len({str(i.image_path) for i in items})
     if not any(i.answers for i in items):
         return f"<p>{_count(len(items), 'image')}</p>"
-    scored = [(i.answer_type or "all", acc) for i in items if (acc := item_accuracy(i)) is not None]
+    scored = [(i, acc) for i in items if (acc := item_accuracy(i)) is not None]
     text = f"<p>{_count(len(items), 'question')} on {_count(images, 'image')}"
     if not scored:
         return text + " (no human answers to score against)</p>"
+    overall = 100 * sum(a for _, a in scored) / len(scored)
+    return (f"{text}; accuracy {overall:.1f} on the {len(scored)} with human answers</p>"
+            + _type_table("answer type", [(i.answer_type or "all", a) for i, a in scored], sorted)
+            + _type_table("question type", [(i.question_type, a) for i, a in scored if i.question_type],
+                          _official_order))
+
+
+def _official_order(types: Any) -> list[str]:
+    """The official evaluator's question types first, in its order; others after, alphabetically."""
+    order = {t: n for n, t in enumerate(question_types())}
+    return sorted(types, key=lambda t: (order.get(t, len(order)), t))
+
+
+def _type_table(head: str, scored: list[tuple[str, float]], order: Any) -> str:
+    if not scored:
+        return ""
     by_type: dict[str, list[float]] = defaultdict(list)
     for kind, acc in scored:
         by_type[kind].append(acc)
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{len(v)}</td><td>{100 * sum(v) / len(v):.1f}</td></tr>"
-                   for k, v in sorted(by_type.items()))
-    overall = 100 * sum(a for _, a in scored) / len(scored)
-    return (f"{text}; accuracy {overall:.1f} on the {len(scored)} with human answers</p>"
-            f'<table class="summary"><tr><th>answer type</th><th>questions</th><th>accuracy</th></tr>{rows}</table>')
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{len(by_type[k])}</td>"
+                   f"<td>{100 * sum(by_type[k]) / len(by_type[k]):.1f}</td></tr>" for k in order(by_type))
+    return f'<table class="summary"><tr><th>{head}</th><th>questions</th><th>accuracy</th></tr>{rows}</table>'
+
 
 
 _STYLE = """

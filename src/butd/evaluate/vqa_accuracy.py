@@ -46,6 +46,8 @@ __all__ = [
     "normalize_answer",
     "process_digit_article",
     "process_punctuation",
+    "question_type_rows",
+    "question_types",
     "vqa_accuracy",
 ]
 
@@ -250,7 +252,27 @@ def vqa_accuracy(
         "overall": _pct(float(sum(overall)) / len(overall)),
         "per_answer_type": {k: _pct(float(sum(v)) / len(v)) for k, v in by_answer_type.items()},
         "per_question_type": {k: _pct(float(sum(v)) / len(v)) for k, v in by_question_type.items()},
+        "per_question_type_count": {k: len(v) for k, v in by_question_type.items()},
         "per_question": per_question,
         "num_questions": len(overall),
         "evaluator": version,
     }
+
+
+def question_types() -> tuple[str, ...]:
+    """The official evaluator's 65 VQA v2 question types (GT-Vision-Lab/VQA
+    ``QuestionTypes/mscoco_question_types.txt``, kept in ``lists/vqa_question_types.json``), in its order."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).with_name("lists") / "vqa_question_types.json"
+    return tuple(json.loads(path.read_text(encoding="utf-8"))["types"])
+
+
+def question_type_rows(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
+    """(question type, accuracy %, questions) of a :func:`vqa_accuracy` result: the official types in the
+    official order, then any other type found in the annotations, alphabetically."""
+    acc, counts = result["per_question_type"], result.get("per_question_type_count", {})
+    official = [t for t in question_types() if t in acc]
+    other = sorted(set(acc) - set(official))
+    return [(t, acc[t], int(counts.get(t, 0))) for t in official + other]

@@ -32,7 +32,8 @@ __all__ = ["EVAL_OPTIONS", "TRAIN_OPTIONS", "build_model", "check_config", "eval
 SPLIT = "test"  # the split `butd eval` / `butd report` use by default
 # options of `butd train` / `butd eval` that belong to captioning (True: required); the other task's are refused
 TRAIN_OPTIONS = {"captions": True, "scst_epochs": False}
-EVAL_OPTIONS = {"captions": False, "beam": False, "decode": False, "scorers": False}
+EVAL_OPTIONS = {"captions": False, "beam": False, "decode": False, "scorers": False, "instances": False,
+                "chair_words": False, "boxes": False, "attention": False}
 
 
 def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> dict[str, torch.Tensor]:
@@ -129,6 +130,43 @@ def _captions(run: Run, dataset: Any, dcfg: Any) -> dict[str, str]:
     return out
 
 
+def _attention(run: Run, dataset: Any, preds: dict[str, str]) -> dict[str, np.ndarray]:
+    """image id -> the attention of each word of its caption [T, K] (teacher forcing the decoded words: the
+    same states, so the same weights, as while decoding)."""
+    from torch.utils.data import DataLoader
+
+    from butd.datasets.captions import collate_captions
+
+    out: dict[str, np.ndarray] = {}
+    loader = DataLoader(dataset, batch_size=run.config.eval_batch_size, collate_fn=collate_captions)
+    for batch in loader:
+        words = [preds[i].split() for i in batch["image_ids"]]
+        rows = [run.vocab.encode(w, len(w)) for w in words]
+        caps = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for b, r in enumerate(rows):
+            caps[b, :len(r)] = torch.tensor(r)
+        with torch.no_grad():
+            attn = run.model({"features": batch["features"].to(run.device), "mask": batch["mask"].to(run.device),
+                              "captions": caps.to(run.device)})["attn"].cpu()
+        for b, image_id in enumerate(batch["image_ids"]):
+            out[image_id] = attn[b, :len(words[b]), :int(batch["mask"][b].sum())].numpy()
+    return out
+
+
+def _grounding(run: Run, dataset: Any, preds: dict[str, str], store_path: str, inputs: Any) -> tuple[dict, dict]:
+    """(summary, per image words with their top regions) of ``--attention``."""
+    from butd.evaluate.caption_checks import grounding_report
+    from butd.evaluate.region_names import box_labels
+    from butd.shards import FeatureStore
+
+    store, names = FeatureStore(store_path), store_names(store_path)
+    attention = _attention(run, dataset, preds)
+    records = {k: store[k] for k in attention}
+    labels = {k: box_labels(r, names, attention[k].shape[1]) if "boxes" in r else () for k, r in records.items()}
+    return grounding_report({k: preds[k].split() for k in attention}, attention, records, inputs, labels=labels,
+                            where=store_path)
+
+
 def _result_id(image_id: str) -> int | str:
     """COCO results use integer image ids; Flickr ids (file stems) stay strings."""
     return int(image_id) if image_id.isdigit() else image_id
@@ -145,13 +183,23 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
     ``RUN/eval_{split}.json`` (BLEU-1..4, METEOR, ROUGE-L, CIDEr and SPICE when available, with skipped
     metrics and why). Returns the latter.
     """
+    from butd.datasets.captions import load_karpathy, split_images
+    from butd.evaluate.caption_checks import caption_checks, checks_lines, hallucination_inputs
     from butd.evaluate.caption_metrics import caption_metrics, ptb_tokenize
     from butd.models.decoding import with_beam
 
     check_options("caption", "eval", options)
     split = split or SPLIT
     loaded = load_run(run, device)
-    dataset, _, _ = _dataset(loaded, split, options.get("features"), options.get("captions"))
+    dataset, store_path, captions_path = _dataset(loaded, split, options.get("features"), options.get("captions"))
+    inputs = hallucination_inputs(captions_path, options.get("instances") or (), options.get("chair_words"),
+                                  options.get("boxes"))
+    if options.get("attention") and dataset.images:  # a store without usable boxes stops before decoding
+        from butd.evaluate.grounding import record_boxes
+        from butd.shards import FeatureStore
+
+        first = FeatureStore(store_path)[dataset.images[0].image_id]
+        record_boxes(first, len(first["features"]), store_path)
     dcfg = with_beam(options.get("decode") or loaded.config.decode, options.get("beam"))
     beam = dcfg.beam if dcfg.method == "beam" else 1
     preds = _captions(loaded, dataset, dcfg)
@@ -163,20 +211,29 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
         refs = {im.image_id: im.refs for im in dataset.images}
         metrics = caption_metrics(preds, refs, scorers=scorers, tokenizer=None, verbose=verbose)
         metrics["skipped"]["PTB tokenizer"] = "no `java` on PATH: Karpathy tokens used instead"
-    results = [{"image_id": _result_id(k), "caption": v} for k, v in preds.items()]
-    skipped = metrics.pop("skipped", {})
+    training = [r for im in split_images(load_karpathy(captions_path), "train") for r in im.refs]
+    checks, skipped_checks, hallucinated = caption_checks(preds, {im.image_id: list(im.raw) for im in dataset.images},
+                                                          training, allowed_repeats=dcfg.allowed_repeats, inputs=inputs)
+    files: dict[str, Any] = {}
+    if options.get("attention"):
+        checks["grounding"], files[f"attention_{split}.json"] = _grounding(loaded, dataset, preds, store_path, inputs)
+    results = [{"image_id": _result_id(k), "caption": v, **({"hallucinated": hallucinated[k]} if k in hallucinated
+                                                             else {})} for k, v in preds.items()]
+    skipped = {**metrics.pop("skipped", {}), **skipped_checks}
     report = {"split": split, "beam": beam, "decode": asdict(dcfg), "n_images": len(preds),
-              "model_name": loaded.config.model_name,
-              "metrics": metrics, "skipped": skipped, "captions": f"captions_{split}.json"}
-    write_outputs(loaded.path, {f"captions_{split}.json": results, f"eval_{split}.json": report})
+              "model_name": loaded.config.model_name, "metrics": metrics, **checks, "skipped": skipped,
+              "captions": f"captions_{split}.json"}
+    write_outputs(loaded.path, {**files, f"captions_{split}.json": results, f"eval_{split}.json": report})
     if echo is not None:
         echo(f"{report['model_name']} on {split} ({report['n_images']} images, beam {beam})")
         for name, value in metrics.items():
             if isinstance(value, float):  # fractions, shown x100 as in the papers
                 echo(f"  {name:10s} {100 * value:6.1f}")
+        for line in checks_lines(report):
+            echo(f"  {line}")
         for name, why in skipped.items():
             echo(f"  {why}" if str(why).startswith(name) else f"  {name} skipped: {why}")
-        echo(f"wrote {loaded.path / ('eval_' + split + '.json')} and {loaded.path / report['captions']}")
+        echo(f"wrote {', '.join(str(loaded.path / f) for f in [f'eval_{split}.json', report['captions'], *files])}")
     return report
 
 

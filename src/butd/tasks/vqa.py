@@ -31,7 +31,7 @@ SPLIT = "val"  # the split `butd eval` / `butd report` use by default
 # options of `butd train` / `butd eval` that belong to VQA (True: required); the other task's are refused
 TRAIN_OPTIONS = {"questions": True, "annotations": True, "val_questions": False, "val_annotations": False,
                  "glove": False, "min_answer_count": False}
-EVAL_OPTIONS = {"questions": False, "annotations": False, "vqa_eval": False}
+EVAL_OPTIONS = {"questions": False, "annotations": False, "vqa_eval": False, "attention": False}
 
 
 def featurize(record: dict[str, Any], kind: str, max_boxes: int) -> dict[str, torch.Tensor]:
@@ -133,6 +133,30 @@ def _examples(run: Run, split: str, options: dict[str, Any], skip_missing: bool 
     return examples, report, store_path, questions
 
 
+def _question_regions(run: Run, dataset: Any, store_path: str, k: int = 3) -> dict[str, Any]:
+    """question id -> {"image_id", "question", "top": its k most attended regions} (``--attention``)."""
+    from torch.utils.data import DataLoader
+
+    from butd.evaluate.grounding import record_boxes, top_regions
+    from butd.evaluate.region_names import box_labels
+    from butd.models.inference import evaluation_mode
+    from butd.shards import FeatureStore
+
+    store, names = FeatureStore(store_path), store_names(store_path)
+    by_qid = {ex.question_id: ex for ex in dataset.examples}
+    out: dict[str, Any] = {}
+    with evaluation_mode(run.model):
+        for batch in DataLoader(dataset, batch_size=run.config.eval_batch_size):
+            att = run.model({key: v.to(run.device) for key, v in batch.items()})["attention"].cpu().numpy()
+            for b, qid in enumerate(batch["question_id"].tolist()):
+                ex, n = by_qid[qid], int(batch["mask"][b].sum())
+                rec = store[str(ex.image_id)]
+                labels = box_labels(rec, names, n) if "boxes" in rec else ()
+                out[str(qid)] = {"image_id": ex.image_id, "question": ex.question,
+                                 "top": top_regions(att[b, :n], record_boxes(rec, n, store_path), labels, k)}
+    return out
+
+
 def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
              echo: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
     """Official VQA accuracy on ``split`` (default val); writes RUN/eval_SPLIT.json and RUN/results_SPLIT.json.
@@ -141,7 +165,7 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
     butd.evaluate.vqa_accuracy), ``features`` / ``questions`` / ``annotations`` (the data, if it moved).
     """
     from butd.datasets.vqa import VQADataset
-    from butd.evaluate.vqa_accuracy import vqa_accuracy
+    from butd.evaluate.vqa_accuracy import question_type_rows, vqa_accuracy
     from butd.shards import FeatureStore
     from butd.train.vqa import annotations_of, predict
 
@@ -155,13 +179,20 @@ def evaluate(run: str | Path, split: str | None = None, *, device: str = "cpu",
     result: dict[str, Any] = {"split": split, "data": report}
     if anns:
         result.update(vqa_accuracy(preds, anns, question_ids=[a["question_id"] for a in anns], version=version))
-    write_outputs(loaded.path, {f"eval_{split}.json": result,
+    files = {f"attention_{split}.json": _question_regions(loaded, dataset, store_path)} if options.get("attention") \
+        else {}
+    write_outputs(loaded.path, {**files, f"eval_{split}.json": result,
                                 f"results_{split}.json": [{"question_id": q, "answer": a} for q, a in preds.items()]})
     if echo is not None and anns:
         echo(f"{split}: overall {result['overall']:.2f} on {result['num_questions']} questions "
              f"(official evaluator, {version} rules)")
         for k, v in sorted(result["per_answer_type"].items()):
             echo(f"  {k:8s} {v:.2f}")
+        echo("  per question type (official types, in the evaluator's order):")
+        for qtype, acc, n in question_type_rows(result):
+            echo(f"    {qtype:24s} {acc:6.2f}  ({n} questions)")
+    if echo is not None and files:
+        echo(f"wrote {loaded.path / f'attention_{split}.json'}")
     return result
 
 
@@ -257,5 +288,6 @@ def report_items(run: str | Path, split: str | None = None, n: int = 50, images_
         items.append(ReportItem(f"q{ex.question_id}", path, (("question", ex.question), ("image", str(ex.image_id))),
                                 ((title, weights),), answers=tuple(zip(res["answers"], res["scores"])),
                                 truth=tuple(ex.answers), answer_type=ex.answer_type,
+                                question_type=ex.question_type,
                                 **geometry(rec, len(weights), names)))
     return items

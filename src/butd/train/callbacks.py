@@ -69,8 +69,8 @@ class EarlyStopping(Callback):
 
 class MetricsLog(Callback):
     """``metrics.jsonl`` (every ``log_every`` steps and every epoch; TensorBoard too when installed) and, on the
-    console, one line of validation metrics per epoch (``validation after epoch 3/30: CIDEr-D 0.8123 (best)``). Step values go
-    to the file only: the console has the progress bar (or its one line per epoch)."""
+    console, one line of validation metrics per epoch (``validation after epoch 3/30: CIDEr-D 0.8123 (best)``).
+    Step values go to the file only: the console has the progress bar (or its one line per epoch)."""
 
     def __init__(self, out_dir: Path, log_every: int, echo: Callable[[str], None] | None, enabled: bool,
                  epochs: int = 0) -> None:
