@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from butd.models.attention import masked_softmax
-from butd.models.caption_base import PAD, CaptionModel, State, masked_mean
+from butd.models.caption_base import PAD, CaptionModel, State, caption_rows, masked_mean
 
 __all__ = ["SatConfig", "SatSoft", "doubly_stochastic_penalty"]
 
@@ -114,7 +114,7 @@ class SatSoft(CaptionModel):
         """XE + alpha_c * doubly stochastic penalty."""
         out = super().loss(outputs, batch)
         if self.config.alpha_c > 0:
-            reg = doubly_stochastic_penalty(outputs["attn"], outputs["targets"], batch["mask"])
+            reg = doubly_stochastic_penalty(outputs["attn"], outputs["targets"], caption_rows(batch, batch["mask"]))
             out["loss"] = out["loss"] + self.config.alpha_c * reg
             out["attn_reg"] = reg.detach()
         return out
