@@ -135,3 +135,26 @@ def test_state_helpers() -> None:
     batch = _image_major()
     assert caption_rows(batch, batch["mask"]).shape == (7, 5)
     assert caption_rows(_per_caption(batch), batch["mask"]) is batch["mask"]
+
+
+@pytest.mark.parametrize("name", caption_models())
+def test_words_embedded_once_equal_embedded_per_step(name: str) -> None:
+    """Teacher forcing embeds the whole batch's input words once (``embed_words``); a feed (scheduled sampling)
+    embeds per step: with a feed that keeps the words, the loss and every gradient are the same."""
+    torch.manual_seed(4)
+    model = build_caption_model(name, V, D, SMALL).double().train()
+    batch = _image_major()
+    assert model.embed_words(batch["captions"]) is not None  # the models in butd do embed once
+    runs = []
+    for feed in (None, lambda t, words, prev: words):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(6)
+        out = model.unroll(batch, feed)
+        loss = model.loss(out, batch)["loss"]
+        loss.backward()
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (la, ga), (lb, gb) = runs
+    torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-10, atol=1e-12, msg=n)

@@ -58,10 +58,17 @@ class CaptionModel(nn.Module):
     def init_state(self, feats: torch.Tensor, mask: torch.Tensor) -> State:
         raise NotImplementedError
 
-    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
+    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor,
+                    emb: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, State, torch.Tensor, dict[str, torch.Tensor]]:
-        """One step: (logits [B, V], new state, attention [B, K], extras {name: [B]})."""
+        """One step: (logits [B, V], new state, attention [B, K], extras {name: [B]}). ``emb`` [B, E]: the
+        words' embeddings when the caller made them (``embed_words``); otherwise the step embeds ``tokens``."""
         raise NotImplementedError
+
+    def embed_words(self, words: torch.Tensor) -> torch.Tensor | None:
+        """Embeddings [B, T, E] of a whole caption batch's input words [B, T], made once for teacher forcing
+        (one embedding backward instead of one per step), or None: ``step_logits`` embeds each step's words."""
+        return None
 
     def step(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
              ) -> tuple[torch.Tensor, State, torch.Tensor]:
@@ -80,6 +87,7 @@ class CaptionModel(nn.Module):
         feats, mask, caps = batch["features"], batch["mask"], batch["captions"]
         inputs, targets = caps[:, :-1], caps[:, 1:]
         state = self.init_state(feats, mask)
+        emb = self.embed_words(inputs) if feed is None else None
         index = batch.get("image_index")
         if index is not None:
             index = index.to(feats.device)
@@ -88,7 +96,10 @@ class CaptionModel(nn.Module):
         logits, attns, extras = [], [], []
         for t in range(inputs.size(1)):
             words = inputs[:, t] if feed is None or t == 0 else feed(t, inputs[:, t], logits[-1])
-            lg, state, attn, ex = self.step_logits(words, state, feats, mask)
+            if emb is None:
+                lg, state, attn, ex = self.step_logits(words, state, feats, mask)
+            else:
+                lg, state, attn, ex = self.step_logits(words, state, feats, mask, emb=emb[:, t])
             logits.append(lg)
             attns.append(attn)
             extras.append(ex)

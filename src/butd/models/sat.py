@@ -101,9 +101,13 @@ class SatSoft(CaptionModel):
         """Soft context z_t [B, D] = beta * sum_i alpha_i a_i (beta from h_{t-1} = state["h"])."""
         return self.gate(torch.bmm(alpha.unsqueeze(1), feats).squeeze(1), state["h"])
 
-    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
+    def embed_words(self, words: torch.Tensor) -> torch.Tensor:
+        return self.embed(words)
+
+    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor,
+                    emb: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, State, torch.Tensor, dict[str, torch.Tensor]]:
-        emb = self.embed(tokens)  # [B, E]
+        emb = self.embed(tokens) if emb is None else emb  # [B, E]
         alpha = self.attention(state["h"], state, mask)
         z, extras = self.context(alpha, feats, state)
         h, c = self.lstm(torch.cat([emb, z], dim=-1), (state["h"], state["c"]))

@@ -67,9 +67,14 @@ class UpDownCaption(CaptionModel):
         return {"h1": zeros, "c1": zeros, "h2": zeros, "c2": zeros, "att_feats": self.w_va(feats),
                 "v_gates": v_gates, "att_weight": (torch.cat([w_h, w_e, lstm.weight_hh], dim=1),)}
 
-    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
+    def embed_words(self, words: torch.Tensor) -> torch.Tensor:
+        return self.embed(words)
+
+    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor,
+                    emb: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, State, torch.Tensor, dict[str, torch.Tensor]]:
-        x1 = torch.cat([state["h2"], self.embed(tokens), state["h1"]], dim=-1)
+        emb = self.embed(tokens) if emb is None else emb
+        x1 = torch.cat([state["h2"], emb, state["h1"]], dim=-1)
         gates = torch.addmm(state["v_gates"], x1, state["att_weight"][0].t())  # nn.LSTMCell's gates
         h1, c1 = _lstm_update(gates, state["c1"])
         scores = self.w_a(torch.tanh(state["att_feats"] + self.w_ha(h1).unsqueeze(1))).squeeze(-1)
