@@ -402,8 +402,8 @@ def main() -> None:
             cells += ["not run", "-"]
         cells.append(f"{issue_s:.2f}, {issue_s / b['wall_s']:.2f}")
         print("| " + " | ".join(cells) + " |", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "rows": results}, indent=1))
+        if args.json:  # after every row: a long run interrupted keeps what it measured
+            args.json.write_text(json.dumps({"threads": args.threads, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":
