@@ -11,6 +11,9 @@ per object plus noise). Recipes (``butd.train.vqa.load_config`` overrides of the
 Prints the official accuracy (2017 rules) per answer type for each recipe, the question-type prior (the most
 common training answer of each question type) and the majority answer, and the ratios new/old and
 new/prior. Run: ``python bench/vqa_recipe.py [--images 300] [--epochs 15]`` (a few minutes on 1 core).
+
+``--configs A.yaml B.yaml ...`` trains each recipe file instead (same world, same epoch budget) and adds its
+training time (wall and process CPU seconds) and parameter count: how the default recipe was chosen.
 """
 
 from __future__ import annotations
@@ -56,12 +59,18 @@ def _priors(paths: VQAPaths) -> dict[str, dict]:
             "type prior": vqa_accuracy(prior, val)}
 
 
-def _run(name: str, overrides: dict, paths: VQAPaths, out: Path, epochs: int) -> tuple[dict, float]:
-    cfg = load_config(None, {**overrides, "loop": {**overrides.get("loop", {}), "epochs": epochs,
-                                                   "log_every": 0, "num_workers": 0}})
-    t0 = time.perf_counter()
+def _run(name: str, overrides: dict, paths: VQAPaths, out: Path, epochs: int,
+         config: str | None = None) -> tuple[dict, float]:
+    cfg = load_config(config, {**overrides, "loop": {**overrides.get("loop", {}), "epochs": epochs,
+                                                     "log_every": 0, "num_workers": 0}})
+    t0, c0 = time.perf_counter(), time.process_time()
     train_vqa(cfg, paths, out / name, echo=None)
-    return evaluate(out / name, "val"), time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    res = evaluate(out / name, "val")
+    ckpt = torch.load(out / name / "checkpoints" / "last.pt", weights_only=True)
+    res["parameters"] = sum(v.numel() for v in ckpt["model"].values())
+    res["cpu_seconds"] = cpu
+    return res, wall
 
 
 def _row(name: str, res: dict, secs: float | None = None) -> str:
@@ -76,12 +85,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--new", default="{}", help="JSON overrides on top of the new defaults (for tuning)")
     ap.add_argument("--skip-old", action="store_true")
+    ap.add_argument("--configs", nargs="*", default=(), help="recipe YAML files to compare instead of old/new")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = _paths(root, args.images)
         priors = _priors(paths)
+        if args.configs:
+            rows = [(c, *_run(Path(c).stem, {}, paths, root, args.epochs, c)) for c in args.configs]
+            print(f"toy world: {args.images} images, {args.epochs} epochs, val questions {rows[0][1]['num_questions']}")
+            for name, res in priors.items():
+                print(_row(name, res))
+            for c, res, wall in rows:
+                print(_row(Path(c).stem, res, wall) + f"  cpu {res['cpu_seconds']:.0f}s  {res['parameters']:,} params")
+            return
         old, t_old = _run("old", OLD, paths, root, args.epochs) if not args.skip_old else (None, 0.0)
         new, t_new = _run("new", json.loads(args.new), paths, root, args.epochs)
     print(f"toy world: {args.images} images, {args.epochs} epochs, val questions {new['num_questions']}")

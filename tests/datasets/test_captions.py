@@ -129,3 +129,38 @@ def test_grid_store(tmp_path) -> None:
     # max_boxes only truncates region stores
     assert batch["features"].shape == (3, 6, 4) and batch["features"].dtype == torch.float32
     assert batch["mask"].all() and float(batch["features"][2, 5, 0]) == 2.0
+
+
+def test_image_major_items(toy) -> None:
+    """captions_per_image = n: one item per image with n captions (self-critical get_captions), drawn per epoch
+    as a pure function of (seed, epoch, image); collate gives one feature row per image and image_index."""
+    from butd.datasets.captions import CaptionImage
+
+    root, store = toy
+    images = split_images(load_karpathy(root / "dataset_coco.json"), "train")
+    cfg = DataConfig(min_count=1, max_len=8, captions_per_image=3)
+    vocab = Vocab.build((t for im in images for t in im.tokens), cfg.min_count)
+    ds = CaptionDataset(images, store, vocab, cfg, seed=4)
+    assert len(ds) == len(images) and ds.rows_per_epoch == 3 * len(images)
+    for i, im in enumerate(images):  # 5 references: a run of 3 consecutive ones
+        start = ds.caption_choice(i)[0]
+        assert ds.caption_choice(i) == [start, start + 1, start + 2] and 0 <= start <= len(im.tokens) - 3
+        assert [c.tolist() for c in ds[i]["captions"]] == [vocab.encode(im.tokens[j], 8) for j in ds.caption_choice(i)]
+    draws = [[tuple(ds.caption_choice(i)) for i in range(len(ds))] for _ in range(2)]
+    assert draws[0] == draws[1]  # deterministic
+    ds.set_epoch(1)
+    assert [tuple(ds.caption_choice(i)) for i in range(len(ds))] != draws[0]  # a new draw each epoch
+    ds.set_epoch(0)
+    assert [tuple(ds.caption_choice(i)) for i in range(len(ds))] == draws[0]  # a resumed epoch: the same
+    batch = collate_captions([ds[i] for i in range(4)])
+    assert batch["features"].shape[0] == 4 and batch["mask"].shape[0] == 4 and len(batch["refs"]) == 4
+    assert batch["captions"].shape[0] == 12 and batch["image_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert (batch["captions"][:, 0] == BOS).all()
+    # fewer references than n: drawn with replacement
+    few = CaptionDataset([CaptionImage(images[0].image_id, "train", (("a",), ("b",)), ("a", "b"))], store, vocab,
+                         DataConfig(captions_per_image=5))
+    picked = few.caption_choice(0)
+    assert len(picked) == 5 and set(picked) <= {0, 1} and few[0]["captions"][0].shape == (3,)
+    with pytest.raises(CaptionDataError, match="captions_per_image") as info:
+        CaptionDataset(images, store, vocab, DataConfig(captions_per_image=-1))
+    assert "\n" not in str(info.value)

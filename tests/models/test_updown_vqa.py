@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from butd.models.attention import GatedTanh, TopDownAttention, masked_softmax
+from butd.models.attention import GatedTanh, ProductAttention, ReluWeightNorm, TopDownAttention, masked_softmax
 from butd.models.updown_vqa import UpDownVQA, UpDownVQAConfig, load_glove, vqa_loss
 
 SMALL = UpDownVQAConfig(word_dim=12, hidden_dim=16, attention_dim=10, joint_dim=14, classifier_dim=9)
@@ -109,3 +109,90 @@ def test_glove_loading(tmp_path: Path) -> None:
         embeddings=table,
     )
     assert model.embed.weight[3].tolist() == [1, 2, 3]
+
+
+HH = dict(word_dim=12, hidden_dim=16, attention_dim=16, joint_dim=16, classifier_dim=32, dropout=0.2,
+          layer="relu_wn", attention="product", classifier_dropout=0.5)  # bottom-up-attention-vqa's form
+
+
+def _wn(linear: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """weight_norm(nn.Linear, dim=None) from its parameters: (g / ||V||_F) V x + b, g a scalar."""
+    g, v = linear.parametrizations.weight.original0, linear.parametrizations.weight.original1
+    assert g.numel() == 1  # one scale for the whole matrix (fc.py: dim=None)
+    return x @ (g * v / v.norm()).T + linear.bias
+
+
+def test_relu_weight_norm_layer_formula() -> None:
+    torch.manual_seed(0)
+    layer = ReluWeightNorm(4, 3)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(layer(x), torch.relu(_wn(layer.linear, x)))
+    with torch.no_grad():  # the scale is learned separately from the direction
+        layer.linear.parametrizations.weight.original0.mul_(2.0)
+    torch.testing.assert_close(layer(x), torch.relu(_wn(layer.linear, x)))
+
+
+@pytest.mark.parametrize("layer", ["gated_tanh", "relu_wn"])
+def test_concat_attention_split_weights_equal_the_concatenation(layer: str) -> None:
+    """f_a([v_i, q]) computed as W_v v_i + W_q q equals the layer on the concatenation."""
+    torch.manual_seed(1)
+    att = TopDownAttention(7, 5, 6, layer=layer).double()
+    b = _batch()
+    feats, q = b["features"].double(), torch.randn(3, 5, dtype=torch.float64)
+    cat = torch.cat([feats, q.unsqueeze(1).expand(-1, feats.size(1), -1)], dim=-1)
+    expected = att.w_a(att.f_a(cat)).squeeze(-1)
+    torch.testing.assert_close(att.scores(feats, q), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_product_attention_formula() -> None:
+    torch.manual_seed(2)
+    att = ProductAttention(7, 5, 6, layer="relu_wn")
+    b = _batch()
+    q = torch.randn(3, 5)
+    joint = torch.relu(_wn(att.f_v.linear, b["features"])) * torch.relu(_wn(att.f_q.linear, q)).unsqueeze(1)
+    scores = _wn(att.w_a, joint).squeeze(-1)
+    v_hat, alpha = att(b["features"], q, b["mask"])
+    torch.testing.assert_close(alpha, masked_softmax(scores, b["mask"], dim=1))
+    torch.testing.assert_close(v_hat, torch.bmm(alpha.unsqueeze(1), b["features"]).squeeze(1))
+
+
+def test_bottom_up_attention_vqa_form() -> None:
+    """layer relu_wn + attention product: the equations of base_model.py's baseline0_newatt, layer by layer."""
+    torch.manual_seed(3)
+    model = UpDownVQA(20, 11, 7, UpDownVQAConfig(**HH)).eval()
+    b = _batch()
+    q = model.encode_question(b["tokens"])
+    att = model.attention
+    scores = _wn(att.w_a, torch.relu(_wn(att.f_v.linear, b["features"])) * torch.relu(_wn(att.f_q.linear, q))[:, None])
+    alpha = masked_softmax(scores.squeeze(-1), b["mask"], dim=1)
+    v_emb = (alpha.unsqueeze(-1) * b["features"]).sum(1)
+    joint = torch.relu(_wn(model.f_q.linear, q)) * torch.relu(_wn(model.f_v.linear, v_emb))
+    logits = _wn(model.w_o, torch.relu(_wn(model.f_o.linear, joint)))
+    torch.testing.assert_close(model(b)["logits"], logits)
+    assert model.dropout.p == 0.5 and model.attention.dropout.p == 0.2  # classifier.py 0.5, NewAttention 0.2
+    model.init_answer_bias(torch.tensor([0.5] + [0.1] * 10))
+    torch.testing.assert_close(torch.sigmoid(model.w_o.bias)[0], torch.tensor(0.5))
+    # it trains: a few Adamax steps lower the loss on a fixed batch
+    model.train()
+    target = torch.zeros(3, 11)
+    target[:, 2] = 1.0
+    opt = torch.optim.Adamax(model.parameters(), lr=2e-2)
+    with torch.no_grad():
+        first = float(vqa_loss(model.eval()(b)["logits"], target))
+    model.train()
+    for _ in range(5):
+        loss = vqa_loss(model(b)["logits"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(vqa_loss(model.eval()(b)["logits"], target)) < first
+
+
+def test_unknown_layer_or_attention_is_one_clear_line() -> None:
+    from butd.errors import UserError
+
+    for bad in ({"layer": "relu"}, {"attention": "bilinear"}):
+        with pytest.raises(UserError) as info:
+            UpDownVQA(20, 4, 7, UpDownVQAConfig(**{**HH, **bad}))
+        assert "\n" not in str(info.value) and ("relu_wn" in str(info.value) or "product" in str(info.value))

@@ -42,7 +42,8 @@ def toy(tmp_path_factory) -> tuple[Path, Path]:
 def _cfg(model: str, xe_epochs: int, scst_epochs: int, **extra):
     return load_caption_config(None, {
         "model_name": model, "model": {**SMALL, **extra}, "data": {"min_count": 2}, "device": "cpu",
-        "xe": {"epochs": xe_epochs, "batch_size": 32, "lr": 5e-3, "grad_clip": 1.0, "log_every": 0},
+        # XE batches are images x 5 captions (the default): 6 x 5 = 30 caption rows a step
+        "xe": {"epochs": xe_epochs, "batch_size": 6, "lr": 5e-3, "grad_clip": 1.0, "log_every": 0},
         "scst": {"epochs": scst_epochs, "batch_size": 16, "lr": 5e-4, "grad_clip": 1.0, "log_every": 0}})
 
 

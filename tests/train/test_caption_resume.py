@@ -25,7 +25,7 @@ def _cfg(xe_steps: int = 0, scst_steps: int = 0):
     return load_caption_config(None, {
         "model_name": "updown", "model": {"embed_dim": 32, "hidden_dim": 48, "att_dim": 16, "dropout": 0.2},
         "data": {"min_count": 2}, "device": "cpu",
-        "xe": {**loop, "epochs": 2, "lr": 5e-3, "max_steps": xe_steps},
+        "xe": {**loop, "epochs": 2, "lr": 5e-3, "max_steps": xe_steps, "batch_size": 3},  # 3 images x 5 captions
         "scst": {**loop, "epochs": 1, "lr": 5e-4, "max_steps": scst_steps, "batch_size": 8}})
 
 

@@ -32,7 +32,8 @@ from butd.train.checkpoint import load_checkpoint
 HERE = Path(__file__).parent
 CFG = {"model_name": "updown", "model": {"embed_dim": 32, "hidden_dim": 48, "att_dim": 16, "dropout": 0.0},
        "data": {"min_count": 2}, "device": "cpu",
-       "xe": {"batch_size": 16, "grad_clip": 1.0, "log_every": 1, "epochs": 2, "lr": 5e-3, "monitor": "CIDEr-D"},
+       "xe": {"batch_size": 4, "grad_clip": 1.0,  # images x 5 captions
+              "log_every": 1, "epochs": 2, "lr": 5e-3, "monitor": "CIDEr-D"},
        "scst": {"batch_size": 8, "grad_clip": 1.0, "log_every": 1, "epochs": 3, "lr": 5e-4, "monitor": "CIDEr-D",
                 "checkpoint_every": 1}}
 

@@ -37,11 +37,40 @@ def test_updown_recipes_differ_where_the_references_do() -> None:
     # Caffe: the repeat block with the allowed list, 5 beams as SCST samples with their mean as baseline
     assert caffe.decode.block_repeats and "a" in caffe.decode.allowed_repeats
     assert (caffe.scst_objective.baseline, caffe.scst_objective.reward_eos) == ("mean", False)
+    # XE batches: self-critical 10 images x seq_per_img 5 captions; Caffe 100 images x 1 random caption;
+    # arctic-captions batches of 64 captions
+    assert (sc.xe.batch_size, sc.data.captions_per_image) == (10, 5)
+    assert (caffe.xe.batch_size, caffe.data.captions_per_image) == (100, 1)
+    for name in ("sat-soft.yaml", "sat-hard.yaml"):
+        sat = load_caption_config(CONFIGS / name)
+        assert (sat.xe.batch_size, sat.data.captions_per_image) == (64, 0)
 
 
 def test_defaults_are_the_reference_recipes() -> None:
     caption = load_caption_config(None)
     assert caption.xe.clip_mode == "value" and caption.xe.schedule.name == "step"
+    assert (caption.xe.batch_size, caption.data.captions_per_image) == (10, 5)  # = configs/updown.yaml
     assert caption.scheduled_sampling.start == 0 and caption.decode.beam == 5
     vqa = load_vqa_config(None)
     assert (vqa.loop.epochs, vqa.loop.schedule.name, vqa.loop.min_steps_per_epoch) == (30, "constant", 50)
+
+
+def test_vqa_default_is_bottom_up_attention_vqa_form_and_old_runs_keep_theirs() -> None:
+    """configs/vqa.yaml == the dataclass default (HH's layers, chosen in BENCHMARKS.md); vqa-paper.yaml is the
+    paper's; a checkpoint config from before the layer options loads as the paper's forms it was trained with."""
+    from dataclasses import asdict
+
+    from butd.train.vqa import with_layer_forms as _with_layer_forms
+
+    default, hh, paper = load_vqa_config(None), load_vqa_config(CONFIGS / "vqa.yaml"), load_vqa_config(
+        CONFIGS / "vqa-paper.yaml")
+    assert default.model == hh.model
+    assert (hh.model.layer, hh.model.attention, hh.model.classifier_dropout, hh.model.dropout) == (
+        "relu_wn", "product", 0.5, 0.2)
+    assert (hh.model.hidden_dim, hh.model.classifier_dim) == (1024, 2048)  # num_hid, 2 * num_hid
+    assert (paper.model.layer, paper.model.attention, paper.model.hidden_dim) == ("gated_tanh", "concat", 512)
+    old = asdict(paper)
+    for key in ("layer", "attention", "classifier_dropout"):
+        del old["model"][key]
+    assert load_vqa_config(None, _with_layer_forms(old)).model == paper.model
+    assert load_vqa_config(None, _with_layer_forms(asdict(hh))).model == hh.model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -61,6 +63,39 @@ def test_clip_by_value_is_elementwise_and_by_norm_is_global() -> None:
     assert m.weight.grad.tolist() == [pytest.approx([0.0, 0.06, 0.08], rel=1e-4)]
     with pytest.raises(ValueError, match="unknown clip_mode"):
         _clip(m, LoopConfig(clip_mode="both"))
+
+
+@pytest.mark.parametrize("mode,clip,scale", [("norm", 0.25, 1.0), ("norm", 0.25, 1e-3), ("norm", 0.0, 1.0),
+                                             ("value", 0.1, 1.0), ("value", 0.0, 1.0)])
+def test_clip_equals_torch_clipping_bit_for_bit(mode: str, clip: float, scale: float) -> None:
+    """_clip (one norm pass, rewrites only where clipping changes a gradient) == torch's clip_grad_norm_ /
+    clip_grad_value_ after the norm, for clipped and unclipped norms; the returned norm is the same."""
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)]
+    grads = [torch.randn(s) * scale for s in shapes]
+    model = torch.nn.Module()
+    for i, g in enumerate(grads):
+        model.register_parameter(f"p{i}", torch.nn.Parameter(torch.zeros(g.shape)))
+        getattr(model, f"p{i}").grad = g.clone()
+    ref = [g.clone().requires_grad_() for g in grads]
+    for r, g in zip(ref, grads, strict=True):
+        r.grad = g.clone()
+    want = float(torch.nn.utils.clip_grad_norm_(ref, clip if mode == "norm" and clip > 0 else float("inf")))
+    if mode == "value" and clip > 0:
+        torch.nn.utils.clip_grad_value_(ref, clip)
+    got = _clip(model, LoopConfig(grad_clip=clip, clip_mode=mode))
+    assert got == want
+    for i, r in enumerate(ref):
+        assert torch.equal(getattr(model, f"p{i}").grad, r.grad)
+
+
+@pytest.mark.parametrize("mode", ["norm", "value"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_clip_reports_non_finite_gradients_untouched(mode: str, bad: float) -> None:
+    m = _grads([0.5, bad, 2.0])
+    norm = _clip(m, LoopConfig(grad_clip=0.1, clip_mode=mode))
+    assert not math.isfinite(norm)  # fit raises NonFiniteLossError before the optimizer step
+    assert m.weight.grad[0, 0] == 0.5 and m.weight.grad[0, 2] == 2.0  # nothing was clipped
 
 
 def test_min_steps_per_epoch_shrinks_the_batch_on_small_sets_only() -> None:

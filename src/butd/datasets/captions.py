@@ -41,6 +41,10 @@ class DataConfig:
     max_len: int = 16  # words kept per caption (BOS/EOS added on top)
     max_boxes: int = 100  # regions kept per image (the store's first ones)
     train_splits: tuple[str, ...] = ("train", "restval")
+    # XE items: 0 = one item per (image, caption) pair; n > 0 = one item per image with n of its captions
+    # (self-critical.pytorch seq_per_img: a random run of n consecutive references, or n drawn with
+    # replacement when it has fewer), batched image-major (see collate_captions)
+    captions_per_image: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,13 +121,18 @@ def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> np.ndarr
 class CaptionDataset(Dataset):
     """Items from a split joined to a feature store.
 
-    ``per_caption=True`` (XE training): one item per (image, reference caption) pair.
-    ``per_caption=False`` (evaluation / SCST): one item per image, its caption is the first reference.
-    Images absent from the store raise :class:`CaptionDataError` with their count unless ``skip_missing``.
+    ``per_caption=True`` (XE training): one item per (image, reference caption) pair, or, when
+    ``config.captions_per_image`` = n > 0, one item per image holding n of its captions ("captions" [n, L]),
+    chosen as self-critical.pytorch's loader does (``get_captions``): a run of n consecutive references from a
+    random start, or n references drawn with replacement when the image has fewer. The draw is a pure function
+    of (``seed``, epoch, image): :meth:`set_epoch` moves to the next epoch's draw, so a resumed run sees the
+    same captions. ``per_caption=False`` (evaluation / SCST): one item per image, its caption is the first
+    reference. Images absent from the store raise :class:`CaptionDataError` with their count unless
+    ``skip_missing``.
     """
 
     def __init__(self, images: Sequence[CaptionImage], store: FeatureStore, vocab: Vocab, config: DataConfig,
-                 *, per_caption: bool = True, skip_missing: bool = False) -> None:
+                 *, per_caption: bool = True, skip_missing: bool = False, seed: int = 0) -> None:
         missing = [im.image_id for im in images if im.image_id not in store]
         if missing:
             msg = (f"{len(missing)} of {len(images)} images are missing from the feature store {store.path} "
@@ -137,18 +146,41 @@ class CaptionDataset(Dataset):
             raise CaptionDataError("no images left to use (all missing from the feature store)")
         if store.kind not in ("region", "grid"):
             raise CaptionDataError(f"feature store kind {store.kind!r} is not 'region' or 'grid'")
+        if config.captions_per_image < 0:
+            raise CaptionDataError("captions_per_image must be 0 (one item per caption) or more",
+                                   config.captions_per_image, "set data.captions_per_image to 0, or 1 or more",
+                                   usage=True)
         self.images = list(images)
-        self.store, self.vocab, self.config = store, vocab, config
+        self.store, self.vocab, self.config, self.seed, self.epoch = store, vocab, config, seed, 0
+        self.per_image = per_caption and config.captions_per_image > 0
         self.items: list[tuple[int, int]] = (
-            [(i, j) for i, im in enumerate(self.images) for j in range(len(im.tokens))] if per_caption
-            else [(i, 0) for i in range(len(self.images))])
+            [(i, j) for i, im in enumerate(self.images) for j in range(len(im.tokens))]
+            if per_caption and not self.per_image else [(i, 0) for i in range(len(self.images))])
 
     @property
     def feature_dim(self) -> int:
         return self.store.feature_dim
 
+    @property
+    def rows_per_epoch(self) -> int:
+        """Caption rows an epoch trains on (items x captions per item)."""
+        return len(self.items) * (self.config.captions_per_image if self.per_image else 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s caption draw (image-major items only; the training loop calls it)."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.items)
+
+    def caption_choice(self, i: int) -> list[int]:
+        """Indices of the references of image ``i`` in its item this epoch (self-critical ``get_captions``)."""
+        n, have = self.config.captions_per_image, len(self.images[i].tokens)
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        if have < n:
+            return [int(j) for j in rng.integers(0, have, n)]
+        start = int(rng.integers(0, have - n + 1))
+        return list(range(start, start + n))
 
     def features(self, image_id: str) -> np.ndarray:
         """Region (first ``max_boxes``) or grid features of one image, float32 [K, D]."""
@@ -157,30 +189,41 @@ class CaptionDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, Any]:
         i, j = self.items[idx]
         im = self.images[i]
-        caption = self.vocab.encode(im.tokens[j], self.config.max_len)
-        return {"features": torch.from_numpy(self.features(im.image_id)),
-                "caption": torch.tensor(caption, dtype=torch.long),
-                "refs": im.refs, "image_id": im.image_id}
+        item = {"features": torch.from_numpy(self.features(im.image_id)), "refs": im.refs, "image_id": im.image_id}
+        if self.per_image:
+            caps = [self.vocab.encode(im.tokens[c], self.config.max_len) for c in self.caption_choice(i)]
+            item["captions"] = [torch.tensor(c, dtype=torch.long) for c in caps]
+        else:
+            item["caption"] = torch.tensor(self.vocab.encode(im.tokens[j], self.config.max_len), dtype=torch.long)
+        return item
 
 
 def collate_captions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pad features to the largest K in the batch (mask False on padding) and captions with PAD.
 
-    Returns ``{"features": float32 [B, K, D], "mask": bool [B, K] (True = real region), "captions": long [B, L]
-    (BOS w_1 .. w_n EOS, then PAD=0), "refs": B lists of reference strings, "image_ids": B store ids}``.
+    Returns ``{"features": float32 [B, K, D], "mask": bool [B, K] (True = real region), "captions": long [N, L]
+    (BOS w_1 .. w_n EOS, then PAD=0), "refs": B lists of reference strings, "image_ids": B store ids}``, B the
+    items. Items with one ``caption`` give N = B; image items with ``captions`` (a list) give an image-major batch:
+    N = their caption count and ``"image_index"``: long [N], the feature row of each caption row.
     """
     b = len(items)
     k = max(int(it["features"].shape[0]) for it in items)
     d = int(items[0]["features"].shape[1])
-    length = max(int(it["caption"].numel()) for it in items)
+    image_major = "captions" in items[0]
+    per_item = [list(it["captions"]) if image_major else [it["caption"]] for it in items]
+    rows = [c for cs in per_item for c in cs]
+    length = max(int(c.numel()) for c in rows)
     feats = torch.zeros(b, k, d)
     mask = torch.zeros(b, k, dtype=torch.bool)
-    caps = torch.full((b, length), PAD, dtype=torch.long)
+    caps = torch.full((len(rows), length), PAD, dtype=torch.long)
     for n, it in enumerate(items):
-        kn, ln = int(it["features"].shape[0]), int(it["caption"].numel())
+        kn = int(it["features"].shape[0])
         feats[n, :kn] = it["features"]
         mask[n, :kn] = True
-        caps[n, :ln] = it["caption"]
-    refs = [list(it["refs"]) for it in items]
-    return {"features": feats, "mask": mask, "captions": caps, "refs": refs,
-            "image_ids": [it["image_id"] for it in items]}
+    for r, c in enumerate(rows):
+        caps[r, : c.numel()] = c
+    batch = {"features": feats, "mask": mask, "captions": caps, "refs": [list(it["refs"]) for it in items],
+             "image_ids": [it["image_id"] for it in items]}
+    if image_major:
+        batch["image_index"] = torch.repeat_interleave(torch.arange(b), torch.tensor([len(c) for c in per_item]))
+    return batch

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from butd.errors import UserError
-from butd.models.caption_base import PAD, CaptionModel, State
+from butd.models.caption_base import PAD, CaptionModel, reorder_state
 from butd.registry import Entry, Registry
 
 __all__ = ["CAFFE_ALLOWED_REPEATS", "DECODERS", "DecodeConfig", "beam_search", "check_beam", "decode", "greedy_decode",
@@ -78,10 +78,6 @@ def _banned(logprobs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _reorder(state: State, index: torch.Tensor) -> State:
-    return {k: v.index_select(0, index) for k, v in state.items()}
-
-
 def _check_max_len(max_len: int) -> None:
     if max_len < 1:
         raise UserError("max_len must be at least 1", max_len, "set decode.max_len to 1 or more", usage=True)
@@ -93,11 +89,16 @@ def _block(logprobs: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
 
 
 def _run(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, max_len: int,
-         pick, no_repeat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Shared loop of greedy / sampling: ``pick(logprobs [N, V]) -> tokens [N]``."""
+         pick, no_repeat: torch.Tensor | None = None, repeat: int = 1) -> dict[str, torch.Tensor]:
+    """Shared loop of greedy / sampling: ``pick(logprobs [N, V]) -> tokens [N]``. ``repeat`` rows per image
+    (image-major): ``init_state`` runs once per image, then its state, features and mask are repeated."""
     _check_max_len(max_len)
-    n = feats.size(0)
     state = model.init_state(feats, mask)
+    if repeat > 1:
+        rows = torch.arange(feats.size(0), device=feats.device).repeat_interleave(repeat)
+        state = reorder_state(state, rows)
+        feats, mask = feats.index_select(0, rows), mask.index_select(0, rows)
+    n = feats.size(0)
     tokens = torch.full((n,), BOS, dtype=torch.long, device=feats.device)
     done = torch.zeros(n, dtype=torch.bool, device=feats.device)
     seen = None
@@ -134,20 +135,20 @@ def sample_decode(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, 
                   with_grad: bool = False, no_repeat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Multinomial sampling from softmax(logprobs / temperature); ``n`` samples per image.
 
-    Rows are image-major (row ``b * n + j`` is sample j of image b). ``logprobs`` [B*n, T] holds the
-    model's log-probability of each sampled token (temperature 1), differentiable when ``with_grad``.
+    Rows are image-major (row ``b * n + j`` is sample j of image b): ``init_state`` runs once per image and
+    its state is repeated for the ``n`` samples (as self-critical.pytorch expands its projected features).
+    ``logprobs`` [B*n, T] holds the model's log-probability of each sampled token (temperature 1),
+    differentiable when ``with_grad``.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use greedy_decode for argmax)")
-    if n > 1:
-        feats, mask = feats.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
 
     def pick(logprobs: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logprobs.detach() / temperature, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
     with torch.set_grad_enabled(with_grad):
-        return _run(model, feats, mask, max_len, pick, no_repeat)
+        return _run(model, feats, mask, max_len, pick, no_repeat, repeat=n)
 
 
 @torch.no_grad()
@@ -166,7 +167,7 @@ def beam_search(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, be
     b, dev = feats.size(0), feats.device
     state = model.init_state(feats, mask)
     rep = torch.arange(b, device=dev).repeat_interleave(beam)
-    state, feats_k, mask_k = _reorder(state, rep), feats.index_select(0, rep), mask.index_select(0, rep)
+    state, feats_k, mask_k = reorder_state(state, rep), feats.index_select(0, rep), mask.index_select(0, rep)
     scores = torch.full((b, beam), float("-inf"), device=dev)
     scores[:, 0] = 0.0
     finished = torch.zeros(b, beam, dtype=torch.bool, device=dev)
@@ -193,7 +194,7 @@ def beam_search(model: CaptionModel, feats: torch.Tensor, mask: torch.Tensor, be
             # a chosen word can only be unseen or allowed, so setting (not or-ing) its flag is exact
             seen.scatter_(2, tok.unsqueeze(-1), no_repeat.to(dev)[tok].unsqueeze(-1))
         scores = top
-        state = _reorder(state, (base + src).view(-1))
+        state = reorder_state(state, (base + src).view(-1))
         tokens = tok.view(-1)
         if bool(finished.all()):
             break

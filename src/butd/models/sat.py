@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from butd.models.attention import masked_softmax
-from butd.models.caption_base import PAD, CaptionModel, State, masked_mean
+from butd.models.caption_base import PAD, CaptionModel, State, caption_rows, masked_mean
 
 __all__ = ["SatConfig", "SatSoft", "doubly_stochastic_penalty"]
 
@@ -101,9 +101,13 @@ class SatSoft(CaptionModel):
         """Soft context z_t [B, D] = beta * sum_i alpha_i a_i (beta from h_{t-1} = state["h"])."""
         return self.gate(torch.bmm(alpha.unsqueeze(1), feats).squeeze(1), state["h"])
 
-    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor
+    def embed_words(self, words: torch.Tensor) -> torch.Tensor:
+        return self.embed(words)
+
+    def step_logits(self, tokens: torch.Tensor, state: State, feats: torch.Tensor, mask: torch.Tensor,
+                    emb: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, State, torch.Tensor, dict[str, torch.Tensor]]:
-        emb = self.embed(tokens)  # [B, E]
+        emb = self.embed(tokens) if emb is None else emb  # [B, E]
         alpha = self.attention(state["h"], state, mask)
         z, extras = self.context(alpha, feats, state)
         h, c = self.lstm(torch.cat([emb, z], dim=-1), (state["h"], state["c"]))
@@ -114,7 +118,7 @@ class SatSoft(CaptionModel):
         """XE + alpha_c * doubly stochastic penalty."""
         out = super().loss(outputs, batch)
         if self.config.alpha_c > 0:
-            reg = doubly_stochastic_penalty(outputs["attn"], outputs["targets"], batch["mask"])
+            reg = doubly_stochastic_penalty(outputs["attn"], outputs["targets"], caption_rows(batch, batch["mask"]))
             out["loss"] = out["loss"] + self.config.alpha_c * reg
             out["attn_reg"] = reg.detach()
         return out

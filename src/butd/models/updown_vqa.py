@@ -5,6 +5,11 @@ over bottom-up region features, gated tanh fusion and a sigmoid multi-label clas
     v_hat = sum_i alpha_i v_i           h = f_q(q) * f_v(v_hat)          p = sigmoid(W_o f_o(h))
 
 Every f_* is a gated tanh layer; the loss is binary cross-entropy against soft scores.
+
+``layer: relu_wn`` with ``attention: product`` is hengyuan-hu/bottom-up-attention-vqa's model
+(base_model.py ``build_baseline0_newatt``): ReLU + weight-normalised layers (fc.py ``FCNet``), attention from the
+product of projections (attention.py ``NewAttention``), a weight-normalised classifier (classifier.py
+``SimpleClassifier``, its own dropout). See butd.models.attention and RECIPES.md.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from butd.models.attention import GatedTanh, TopDownAttention
+from butd.models.attention import ATTENTIONS, LAYERS, output_linear
 
 __all__ = ["UpDownVQA", "UpDownVQAConfig", "load_glove", "vqa_loss"]
 
@@ -31,8 +36,11 @@ class UpDownVQAConfig:
     attention_dim: int = 512  # f_a
     joint_dim: int = 512  # f_q, f_v
     classifier_dim: int = 512  # f_o
-    dropout: float = 0.0
+    dropout: float = 0.0  # after the attention's joint layer, and before W_o unless classifier_dropout is set
     freeze_embeddings: bool = False
+    layer: str = "gated_tanh"  # every f_*: a key of butd.models.attention.LAYERS (relu_wn: bottom-up-attention-vqa)
+    attention: str = "concat"  # a key of butd.models.attention.ATTENTIONS (product: bottom-up-attention-vqa)
+    classifier_dropout: float | None = None  # before W_o (None: dropout); classifier.py uses 0.5
 
 
 def load_glove(path: str | Path, words: Sequence[str], dim: int = 300, seed: int = 0) -> torch.Tensor:
@@ -83,14 +91,16 @@ class UpDownVQA(nn.Module):
             self.embed.weight.data.copy_(embeddings)
         self.embed.weight.requires_grad_(not config.freeze_embeddings)
         self.gru = nn.GRU(config.word_dim, config.hidden_dim, batch_first=True)
-        self.attention = TopDownAttention(
-            feature_dim, config.hidden_dim, config.attention_dim, config.dropout
+        layer = LAYERS.builder(config.layer)
+        self.attention = ATTENTIONS.builder(config.attention)(
+            feature_dim, config.hidden_dim, config.attention_dim, config.dropout, config.layer
         )
-        self.f_q = GatedTanh(config.hidden_dim, config.joint_dim)
-        self.f_v = GatedTanh(feature_dim, config.joint_dim)
-        self.f_o = GatedTanh(config.joint_dim, config.classifier_dim)
-        self.dropout = nn.Dropout(config.dropout)
-        self.w_o = nn.Linear(config.classifier_dim, num_answers)
+        self.f_q = layer(config.hidden_dim, config.joint_dim)
+        self.f_v = layer(feature_dim, config.joint_dim)
+        self.f_o = layer(config.joint_dim, config.classifier_dim)
+        drop = config.dropout if config.classifier_dropout is None else config.classifier_dropout
+        self.dropout = nn.Dropout(drop)
+        self.w_o = output_linear(config.layer, config.classifier_dim, num_answers)
 
     @torch.no_grad()
     def init_answer_bias(self, prior: torch.Tensor) -> None:

@@ -54,8 +54,10 @@ def read_info(path: str | Path, task: str | None = None) -> dict[str, Any]:
 
 
 def load(path: str | Path, device: str, *, task: str, config_class: type, vocab_kind: str,
-         build: Callable[[Any, Vocab, list[str] | None, int], Any], which: str = "best") -> Run:
-    """The run at ``path`` with the weights of ``checkpoints/{which}.pt`` (a task module's ``load_run``)."""
+         build: Callable[[Any, Vocab, list[str] | None, int], Any], which: str = "best",
+         migrate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Run:
+    """The run at ``path`` with the weights of ``checkpoints/{which}.pt`` (a task module's ``load_run``);
+    ``migrate`` fills in config keys that older checkpoints did not have."""
     path = Path(path)
     info = read_info(path, task)
     if info.get("status", "finished") != "finished":
@@ -65,7 +67,7 @@ def load(path: str | Path, device: str, *, task: str, config_class: type, vocab_
     if not ckpt_path.is_file():
         raise UserError(f"the run has no {ckpt_path.name}", ckpt_path, "train the run again", usage=True)
     ckpt = load_checkpoint(ckpt_path)
-    cfg = load_config(config_class, None, ckpt.meta["config"])
+    cfg = load_config(config_class, None, (migrate or dict)(ckpt.meta["config"]))
     vocab = Vocab(ckpt.meta["vocab"], vocab_kind)
     answers = list(ckpt.meta["answers"]) if ckpt.meta.get("answers") is not None else None
     model = build(cfg, vocab, answers, int(ckpt.meta["feature_dim"]))

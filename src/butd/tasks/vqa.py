@@ -96,10 +96,10 @@ def build_model(cfg: Any, vocab: Any, answers: Any, feature_dim: int) -> torch.n
 
 def load_run(run: str | Path, device: str = "cpu", which: str = "best") -> Run:
     """A finished VQA run: model (eval mode, on ``device``), config, vocabulary, answers, run.json."""
-    from butd.train.vqa import VQATrainConfig
+    from butd.train.vqa import VQATrainConfig, with_layer_forms
 
     return load(run, device, task="vqa", config_class=VQATrainConfig, vocab_kind="question", build=build_model,
-                which=which)
+                which=which, migrate=with_layer_forms)
 
 
 def split_files(run: Run, split: str, questions: Sequence[str] | None = None,

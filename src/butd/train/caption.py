@@ -38,7 +38,7 @@ from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
 from butd.train import distributed as ddp
 from butd.train.checkpoint import load_checkpoint, save_checkpoint
-from butd.train.loop import LoopConfig, LoopState, check_loop, fit
+from butd.train.loop import Callback, LoopConfig, LoopState, check_loop, fit
 from butd.train.progress import terminal_bar
 from butd.train.run_format import begin_run, checkpoint_meta, finish_run, store_facts
 from butd.train.scheduled_sampling import ScheduledSampling
@@ -55,10 +55,12 @@ class CaptionTrainConfig:
 
     model_name: str = "updown"  # a key of butd.models.registry.CAPTION_MODELS
     model: dict[str, Any] = field(default_factory=dict)  # overrides of that model's config dataclass
-    data: DataConfig = field(default_factory=DataConfig)
-    # defaults: self-critical.pytorch configs/updown/updown.yml + opts.py (see RECIPES.md)
+    # XE items are images with 5 captions each (self-critical seq_per_img), batched image-major
+    data: DataConfig = field(default_factory=lambda: DataConfig(captions_per_image=5))
+    # defaults: self-critical.pytorch configs/updown/updown.yml + opts.py (see RECIPES.md); the XE batch counts
+    # items, so 10 images x 5 captions = 50 caption rows, and an epoch is one pass over the images
     xe: LoopConfig = field(default_factory=lambda: LoopConfig(
-        epochs=30, batch_size=50, lr=5e-4, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100,
+        epochs=30, batch_size=10, lr=5e-4, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100,
         schedule=ScheduleConfig(name="step", unit="epochs", decay_start=0, decay_every=3, gamma=0.8)))
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=lambda: ScheduledSamplingConfig(start=0))
     scst: LoopConfig = field(default_factory=lambda: LoopConfig(
@@ -123,6 +125,16 @@ def generate_captions(model: CaptionModel, dataset: CaptionDataset | Subset, voc
     return out
 
 
+class _EpochCaptions(Callback):
+    """Moves an image-major training set to each epoch's caption draw (also a resumed epoch's)."""
+
+    def __init__(self, dataset: CaptionDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        self.dataset.set_epoch(state.epoch)
+
+
 def _best_into(model: CaptionModel, ckpt_dir: Path) -> str | None:
     for name in ("best.pt", "last.pt"):
         if (ckpt_dir / name).is_file():
@@ -164,7 +176,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         vocab = Vocab.load(out_dir / "vocab.json")
     else:
         vocab = Vocab.build((t for im in train_imgs for t in im.tokens), cfg.data.min_count)
-    train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing)
+    train_ds = CaptionDataset(train_imgs, store, vocab, cfg.data, skip_missing=skip_missing, seed=cfg.xe.seed)
     val_ds = None
     if val_imgs is not None:
         val_imgs = val_imgs[: cfg.val_max_images] if cfg.val_max_images > 0 else val_imgs
@@ -198,7 +210,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
                   skip_missing=skip_missing)
     summary: dict[str, Any] = {
         "skip_missing": skip_missing, "vocab_size": len(vocab), "train_images": len(train_ds.images),
-        "train_pairs": len(train_ds), "val_images": len(val_ds) if val_ds else 0,
+        "train_pairs": train_ds.rows_per_epoch, "val_images": len(val_ds) if val_ds else 0,
         "world_size": info.world_size, "phases": {}}
     state: LoopState | None = None
     scst_ckpt = _last(out_dir / "scst") if resume else None
@@ -208,7 +220,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr)
         ss = ScheduledSampling(model, cfg.scheduled_sampling)
         state = fit(ss, opt, train_ds, ss.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
-                    callbacks=[ss], resume=_last(out_dir / "xe") if resume else None,
+                    callbacks=[ss, _EpochCaptions(train_ds)], resume=_last(out_dir / "xe") if resume else None,
                     collate_fn=collate_captions, id_key="image_ids", device=device, echo=echo)
         weights = _best_into(model, out_dir / "xe" / "checkpoints")
         summary["phases"]["xe"] = {**asdict(state), "weights": weights}

@@ -100,15 +100,27 @@ def effective_batch_size(n: int, config: LoopConfig, world_size: int = 1) -> int
 
 
 def _clip(model: torch.nn.Module, config: LoopConfig) -> float:
-    """Clip gradients as configured; returns the global gradient norm before clipping."""
+    """Clip gradients as configured; returns the global gradient L2 norm before clipping (NaN/inf when a
+    gradient is not finite, in which case nothing is clipped: the caller stops before the update).
+
+    One read pass computes the norm (it is logged and guards finiteness); the gradients are then rewritten only
+    where clipping changes them: ``clip_grad_norm_``'s scaling (same formula) only when its factor is below 1,
+    ``clip_grad_value_`` in value mode. ``clip_grad_norm_(params, inf)`` used to rewrite every gradient x1.
+    """
     if config.clip_mode not in CLIP_MODES:
         raise UserError(f"unknown clip_mode {config.clip_mode!r}", "loop.clip_mode",
                         f"use one of {', '.join(CLIP_MODES)}", usage=True)
     params = [p for p in model.parameters() if p.grad is not None]
-    if config.clip_mode == "norm" and config.grad_clip > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
-    norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
-    if config.clip_mode == "value" and config.grad_clip > 0:
+    if not params:
+        return 0.0
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    norm = float(total)
+    if not math.isfinite(norm) or config.grad_clip <= 0:
+        return norm
+    if config.clip_mode == "norm":
+        if float(config.grad_clip / (total + 1e-6)) < 1.0:  # clip_grad_norm_'s factor; x1 otherwise
+            torch.nn.utils.clip_grads_with_norm_(params, config.grad_clip, total)
+    else:
         torch.nn.utils.clip_grad_value_(params, config.grad_clip)
     return norm
 

@@ -43,7 +43,7 @@ from butd.train.progress import terminal_bar
 from butd.train.run_format import begin_run, checkpoint_meta, finish_run, store_facts
 
 __all__ = ["OPTIMIZERS", "VQAPaths", "VQATrainConfig", "annotations_of", "build_model", "check_vqa_config",
-           "load_config", "predict", "prepare_data", "train_vqa"]
+           "load_config", "predict", "prepare_data", "train_vqa", "with_layer_forms"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,12 @@ class VQATrainConfig:
     """Everything a VQA run needs besides file paths; YAML files override it key by key."""
 
     model_name: str = "vqa"  # a VQA model of butd.models.registry.MODELS
-    model: UpDownVQAConfig = field(default_factory=UpDownVQAConfig)
+    # = configs/vqa.yaml: bottom-up-attention-vqa's model (ReLU + weight norm, product attention, widths 1024 /
+    # 2048, dropout 0.2 / 0.5), chosen on the toy world for accuracy and speed (BENCHMARKS.md, RECIPES.md);
+    # UpDownVQAConfig() itself is the paper's (configs/vqa-paper.yaml)
+    model: UpDownVQAConfig = field(default_factory=lambda: UpDownVQAConfig(
+        hidden_dim=1024, attention_dim=1024, joint_dim=1024, classifier_dim=2048, dropout=0.2, layer="relu_wn",
+        attention="product", classifier_dropout=0.5))
     data: VQADataConfig = field(default_factory=VQADataConfig)
     # bottom-up-attention-vqa (main.py, train.py): 30 epochs, batch 512, Adamax at its default 2e-3, constant,
     # global-norm clip 0.25; butd: an epoch has >= 50 steps (smaller batches on small sets, see RECIPES.md)
@@ -234,3 +239,9 @@ def train_vqa(
     if info.is_main:
         finish_run(out, summary)
     return summary
+
+
+def with_layer_forms(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config; one written before ``model.layer`` / ``attention`` existed had the paper's forms."""
+    model = {"layer": "gated_tanh", "attention": "concat", "classifier_dropout": None, **config.get("model", {})}
+    return {**config, "model": model}
