@@ -149,6 +149,10 @@ class CaptionDataset(Dataset):
             raise CaptionDataError("no images left to use (all missing from the feature store)")
         if store.kind not in ("region", "grid"):
             raise CaptionDataError(f"feature store kind {store.kind!r} is not 'region' or 'grid'")
+        if config.boxes and store.kind != "region":
+            raise CaptionDataError(f"data.boxes needs a region store, {store.path} is {store.kind!r}", "data.boxes",
+                                   "set data.boxes: false (and model.geometry: false) for grid features",
+                                   usage=True)
         self.images = list(images)
         self.store, self.vocab, self.config = store, vocab, config
         self.items: list[tuple[int, int]] = (
