@@ -170,7 +170,8 @@ def test_reference_shapes_and_init() -> None:
     assert len(model.encoder) == 6 and len(model.decoder) == 6 and model.att_embed[0].in_features == 2048
     # Xavier-uniform on the encoder-decoder's matrices: |w| <= sqrt(6 / (fan_in + fan_out))
     q = model.decoder[0].self_attn.q.weight.detach()
-    assert float(q.abs().max()) <= math.sqrt(6 / 1024) and float(q.std()) == pytest.approx(math.sqrt(2 / 1024), rel=0.05)
+    assert float(q.abs().max()) <= math.sqrt(6 / 1024)
+    assert float(q.std()) == pytest.approx(math.sqrt(2 / 1024), rel=0.05)
     pe = sinusoid(torch.arange(3), 4)
     torch.testing.assert_close(pe[2], torch.tensor([math.sin(2), math.cos(2), math.sin(0.02), math.cos(0.02)]))
 

@@ -119,7 +119,8 @@ SCHEDULES = Registry("LR schedule", {
     "warmup_step": Entry(ScheduleConfig, lr_warmup_step,
                          "linear warmup, then x gamma at decay_start and every decay_every after it"),
     "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr"),
-    "noam": Entry(ScheduleConfig, lr_noam, "Noam (Vaswani et al.): linear warmup to the base rate, then x sqrt(warmup / t)")})
+    "noam": Entry(ScheduleConfig, lr_noam,
+                  "Noam (Vaswani et al.): linear warmup to the base rate, then x sqrt(warmup / t)")})
 
 
 def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int, steps_per_epoch: int | None = None) -> float:
