@@ -122,8 +122,8 @@ def _config(tmp_path: Path, settings: dict) -> Path:
     return tmp_path / "c.yaml"
 
 
-def _train_args(world: Path, tmp_path: Path, config: Path) -> list[str]:
-    return ["train", "--model", "transformer", "--features", str(world / "store"), "--out", str(tmp_path / "run"),
+def _train_args(world: Path, out: Path, config: Path) -> list[str]:
+    return ["train", "--model", "transformer", "--features", str(world / "store"), "--out", str(out),
             "--epochs", "1", "--captions", str(world / "toy" / "dataset_coco.json"), "--device", "cpu",
             "--config", str(config)]
 
@@ -131,7 +131,7 @@ def _train_args(world: Path, tmp_path: Path, config: Path) -> list[str]:
 def test_geometry_without_box_columns_stops_with_one_line(world, tmp_path):
     """The real command (a subprocess): exit 2, one line, no traceback."""
     config = _config(tmp_path, {"model": {**TINY, "geometry": True}})
-    r = _cli(_train_args(world, tmp_path, config), tmp_path)
+    r = _cli(_train_args(world, tmp_path / "run", config), tmp_path)
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
     assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
     assert lines[0] == ("Error: model.geometry needs the region boxes in the features (data.boxes): "
@@ -147,6 +147,43 @@ def test_geometry_without_box_columns_stops_with_one_line(world, tmp_path):
      "Error: the features carry box columns (data.boxes) but model.geometry is off (model)"),
 ])
 def test_settings_mistakes_stop_with_one_line(world, tmp_path, settings, message):
-    r = CliRunner().invoke(main, _train_args(world, tmp_path, _config(tmp_path, settings)))
+    r = CliRunner().invoke(main, _train_args(world, tmp_path / "run", _config(tmp_path, settings)))
     lines = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), r.output
+
+
+def test_two_processes_train_the_weights_of_one(world, tmp_path):
+    """DDP unchanged: 2 processes x half the batch end with one process's weights (tolerance: test_distributed).
+
+    The key biases get an exactly-zero true gradient (q . b_k shifts all of a query's scores alike), so their
+    updates are rounding noise that Adam scales up; they are left out and the outputs compared instead."""
+    import torch
+
+    from butd.models.registry import build_caption_model
+    from butd.train.checkpoint import load_checkpoint
+
+    settings = {"model": {**TINY, "dropout": 0.0, "feat_dropout": 0.0}, "data": {"min_count": 1},
+                "adam_betas": [0.9, 0.98], "adam_eps": 1e-9, "scheduled_sampling": {"start": -1},
+                "xe": {"batch_size": 16, "log_every": 1, "lr": 1e-3, "schedule": NOAM}}
+    config = _config(tmp_path, settings)
+    r = _cli([*_train_args(world, tmp_path / "two", config), "--nproc", "2"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = load_caption_config(config, {"model_name": "transformer", "device": "cpu", "xe": {"epochs": 1}})
+    train_caption(one, CaptionPaths(str(world / "store"), str(world / "toy" / "dataset_coco.json")), tmp_path / "one",
+                  echo=None)
+    a = load_checkpoint(tmp_path / "one" / "xe" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "two" / "xe" / "checkpoints" / "last.pt")
+    assert a.step == b.step == 5 and b.meta["world_size"] == 2  # 16 train images x 5 captions / 16
+    for name, w in a.model.items():
+        if not name.endswith(".k.bias"):
+            torch.testing.assert_close(b.model[name], w, rtol=0, atol=2e-5, msg=name)
+    nets = []
+    for ckpt in (a, b):
+        nets.append(build_caption_model("transformer", len(a.meta["vocab"]), a.meta["feature_dim"], settings["model"]))
+        nets[-1].load_state_dict(ckpt.model)
+    gen = torch.Generator().manual_seed(0)
+    batch = {"features": torch.randn(4, 6, a.meta["feature_dim"], generator=gen),
+             "mask": torch.ones(4, 6, dtype=torch.bool),
+             "captions": torch.randint(1, len(a.meta["vocab"]), (4, 9), generator=gen)}
+    with torch.no_grad():
+        torch.testing.assert_close(nets[1].eval()(batch)["logits"], nets[0].eval()(batch)["logits"], rtol=0, atol=2e-5)
