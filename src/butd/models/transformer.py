@@ -140,8 +140,8 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.norm1, self.norm2 = _norm(cfg), _norm(cfg)
-        self.attn, self.ff, self.drop = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout), _ffn(cfg), \
-            nn.Dropout(cfg.dropout)
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.ff, self.drop = _ffn(cfg), nn.Dropout(cfg.dropout)
         self.geo = nn.Linear(cfg.geometry_dim, cfg.heads) if cfg.geometry else None  # ORT's W_G, one per head
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, relations: torch.Tensor | None) -> torch.Tensor:
