@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 from butd.datasets.captions import CaptionDataset, load_karpathy, split_images
+from butd.datasets.vocab import Vocab
 from butd.evaluate.cider import CiderD
+from butd.models.registry import build_caption_model
 from butd.shards import FeatureStore
-from butd.train.caption import CaptionPaths, generate_captions, load_caption_config, load_caption_run, train_caption
+from butd.train.caption import CaptionPaths, generate_captions, load_caption_config, train_caption
 from butd.train.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "butd" / "demo_configs"
@@ -52,9 +54,11 @@ def _toy(root: Path, images: int) -> tuple[Path, Path]:
 
 def _test_cider(run: Path, captions: Path, store: Path, weights: Path | None = None) -> float:
     """Test CIDEr-D x100 of a run's model (its final weights, or the checkpoint ``weights``)."""
-    cfg, model, vocab, _ = load_caption_run(run)
-    if weights is not None:
-        model.load_state_dict(load_checkpoint(weights).model)
+    cfg, vocab = load_caption_config(run / "config.yaml"), Vocab.load(run / "vocab.json")
+    ckpt = load_checkpoint(weights if weights is not None else run / "checkpoints" / "best.pt")
+    model = build_caption_model(cfg.model_name, len(vocab), int(ckpt.meta["feature_dim"]), cfg.model)
+    model.load_state_dict(ckpt.model)
+    model.eval()
     test = CaptionDataset(split_images(load_karpathy(captions), "test"), FeatureStore(store), vocab, cfg.data,
                           per_caption=False)
     refs = {im.image_id: im.refs for im in test.images}
