@@ -53,7 +53,7 @@ extract: .venv
 	@test -n "$(DATASET)" -a -n "$(ROOT)" || { echo "usage: make extract DATASET=coco|flickr8k|flickr30k|vg|vqa|folder|toy ROOT=DIR [EXTRACTOR=$(EXTRACTOR)] [WEIGHTS=F] [MODE=detect|grid|boxes] [OUT=DIR]"; exit 2; }
 	$(BUTD) extract --dataset $(DATASET) --root $(ROOT) --extractor $(EXTRACTOR) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(MODE),--mode $(MODE)) $(EXTRACT_ARGS)
 
-# make train MODEL=updown|sat-soft|sat-hard|vqa — on the toy world unless DATASET= (with ROOT=, using
+# make train MODEL=updown|sat-soft|sat-hard|transformer|vqa — on the toy world unless DATASET= (with ROOT=, using
 # the store `make extract` wrote) or FEATURES= (+ CAPTIONS= or QUESTIONS=/ANNOTATIONS=/VAL_ARGS=) point at
 # real data; CONFIG= overrides the YAML (toy: small settings; real data: configs/$(MODEL).yaml, the papers').
 # An existing RUN is never replaced silently: rerun with TRAIN_ARGS=--resume (continue) or --overwrite.

@@ -16,6 +16,14 @@ BUTD = [re.compile(p) for p in (
     rf"^  [A-Z][A-Za-z0-9-]* +{_N}$",
     r"^  [A-Za-z][A-Za-z -]* skipped: .+$",
     r"^wrote \S+ and \S+$",
+    r"^wrote \S+(, \S+)+$",
+    # the caption eval's extra steps (evaluate/caption_checks.py checks_lines)
+    rf"^  CHAIR-s {_N}  CHAIR-i {_N}  object recall ({_N}|-)  \(\d+ of \d+ object mentions hallucinated; words: .+\)$",
+    rf"^  grounding accuracy ({_N}|-)  attention correctness ({_N}|-)  \(\d+ mentions with boxes\)$",
+    rf"^  repeats {_N}%  bad endings {_N}%  mean length {_N}  vocabulary \d+  copied from training ({_N}|-)%$",
+    # the VQA eval's per-question-type table (tasks/vqa.py)
+    r"^  per question type \(official types, in the evaluator's order\):$",
+    rf"^    .+ +{_N}  \(\d+ questions\)$",
     # butd eval (VQA), train/vqa.py
     r"^\w+: overall \d+\.\d\d on \d+ questions \(official evaluator, \w+ rules\)$",
     r"^  [a-z/]+ +\d+\.\d\d$",

@@ -1,9 +1,10 @@
-"""Shapes, masking, losses and registry of the captioning models (sat-soft, sat-hard, updown)."""
+"""Shapes, masking, losses and registry of the captioning models (every caption model of the registry)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from caption_sizes import tiny
 
 from butd.models.registry import build_caption_model, caption_models
 from butd.models.sat import doubly_stochastic_penalty
@@ -26,7 +27,7 @@ def _batch(b: int = 3, k: int = 5, seed: int = 0) -> dict:
 @pytest.mark.parametrize("name", caption_models())
 def test_forward_shapes_and_masks(name: str) -> None:
     torch.manual_seed(0)
-    model = build_caption_model(name, V, D, SMALL)
+    model = build_caption_model(name, V, D, tiny(name))
     model.eval()
     batch = _batch()
     out = model(batch)
@@ -45,7 +46,7 @@ def test_forward_shapes_and_masks(name: str) -> None:
 @pytest.mark.parametrize("name", caption_models())
 def test_step_matches_forward(name: str) -> None:
     torch.manual_seed(1)
-    model = build_caption_model(name, V, D, SMALL).eval()
+    model = build_caption_model(name, V, D, tiny(name)).eval()
     batch = _batch()
     out = model(batch)
     state = model.init_state(batch["features"], batch["mask"])
@@ -58,7 +59,7 @@ def test_step_matches_forward(name: str) -> None:
 @pytest.mark.parametrize("name", caption_models())
 def test_grid_features_and_overfit(name: str) -> None:
     torch.manual_seed(2)
-    model = build_caption_model(name, V, D, SMALL)
+    model = build_caption_model(name, V, D, tiny(name))
     batch = _batch()
     batch["mask"] = torch.ones(3, 5, dtype=torch.bool)  # a 1x5 "grid": every cell real
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from caption_sizes import tiny
 
-from butd.models.decoding import DecodeConfig, beam_search, decode, greedy_decode, sample_decode
-from butd.models.registry import build_caption_model
-
-SMALL = {"embed_dim": 16, "hidden_dim": 24, "att_dim": 12, "dropout": 0.0}
+from butd.models.decoding import EOS, DecodeConfig, beam_search, decode, greedy_decode, sample_decode
+from butd.models.registry import build_caption_model, caption_models
 
 
-def _setup(name: str = "updown", seed: int = 0, b: int = 6):
+def _setup(name: str = "updown", seed: int = 0, b: int = 6, vocab: int = 9):
     torch.manual_seed(seed)
-    model = build_caption_model(name, 9, 8, SMALL).eval()
+    model = build_caption_model(name, vocab, 8, tiny(name)).eval()
     feats = torch.randn(b, 4, 8)
     mask = torch.ones(b, 4, dtype=torch.bool)
     mask[0, 2:] = False
     return model, feats, mask
 
 
-@pytest.mark.parametrize("name", ["updown", "sat-soft", "sat-hard"])
+@pytest.mark.parametrize("name", caption_models())
 def test_beam1_equals_greedy(name: str) -> None:
     for seed in range(3):
         model, feats, mask = _setup(name, seed)
@@ -31,6 +30,58 @@ def test_beam1_equals_greedy(name: str) -> None:
         b_tok = torch.nn.functional.pad(bm["tokens"], (0, t - bm["tokens"].size(1)))
         assert torch.equal(g_tok, b_tok)
         torch.testing.assert_close(g["logprobs"].sum(1), bm["score"])  # same terms, summed in another order
+
+
+def _every_caption(words: list[int], max_len: int) -> list[list[int]]:
+    """Every caption a decoder can return: ended by EOS within max_len tokens, or max_len words without it."""
+    out: list[list[int]] = []
+
+    def grow(prefix: list[int]) -> None:
+        if len(prefix) == max_len:
+            out.append(prefix)
+            return
+        out.append([*prefix, EOS])
+        for w in words:
+            grow([*prefix, w])
+
+    grow([])
+    return out
+
+
+def _forward_scores(model, feats: torch.Tensor, mask: torch.Tensor, captions: list[list[int]]) -> torch.Tensor:
+    """Summed log-probabilities of captions (token lists without BOS) for one image, by teacher forcing."""
+    n, length = len(captions), max(len(c) for c in captions)
+    caps = torch.zeros(n, length + 1, dtype=torch.long)
+    caps[:, 0] = 1
+    for i, c in enumerate(captions):
+        caps[i, 1 : len(c) + 1] = torch.tensor(c)
+    with torch.no_grad():
+        out = model({"features": feats.expand(n, -1, -1), "mask": mask.expand(n, -1), "captions": caps})
+    logp = torch.log_softmax(out["logits"], -1).gather(2, out["targets"].unsqueeze(-1)).squeeze(-1)
+    return (logp * (out["targets"] != 0)).sum(1)
+
+
+def _caption(row: list[int]) -> tuple[int, ...]:
+    return tuple(row[: row.index(EOS) + 1] if EOS in row else [t for t in row if t != 0])
+
+
+@pytest.mark.parametrize("name", caption_models())
+def test_beam_search_is_exact(name: str) -> None:
+    """A beam as wide as the whole tree returns every caption with its teacher-forced score (so every reordered
+    state was right) and the best one first; a narrow beam's captions keep their exact scores too."""
+    model, feats, mask = _setup(name, seed=11, b=2, vocab=6)  # words 3, 4, 5
+    every = _every_caption([3, 4, 5], 3)  # 1 + 3 + 9 ended by EOS, 27 of 3 words: 40
+    wide = beam_search(model, feats, mask, beam=len(every), max_len=3)
+    narrow = beam_search(model, feats, mask, beam=3, max_len=3)
+    for b in range(2):
+        exact = dict(zip(map(tuple, every), _forward_scores(model, feats[b : b + 1], mask[b : b + 1], every).tolist()))
+        got = {_caption(row): s for row, s in zip(wide["beams"][b].tolist(), wide["beam_scores"][b].tolist())}
+        assert set(got) == set(exact)
+        for caption, score in got.items():
+            assert score == pytest.approx(exact[caption], abs=1e-5)
+        assert _caption(wide["tokens"][b].tolist()) == max(exact, key=exact.get)
+        for row, score in zip(narrow["beams"][b].tolist(), narrow["beam_scores"][b].tolist()):
+            assert score == pytest.approx(exact[_caption(row)], abs=1e-5)
 
 
 def test_greedy_output_format() -> None:

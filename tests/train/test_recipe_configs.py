@@ -10,7 +10,7 @@ from butd.train.caption import load_caption_config
 from butd.train.vqa import load_config as load_vqa_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-CAPTION = ["updown.yaml", "updown-paper.yaml", "sat-soft.yaml", "sat-hard.yaml"]
+CAPTION = ["updown.yaml", "updown-paper.yaml", "sat-soft.yaml", "sat-hard.yaml", "transformer.yaml"]
 VQA = ["vqa.yaml", "vqa-paper.yaml"]
 
 
@@ -44,6 +44,26 @@ def test_updown_recipes_differ_where_the_references_do() -> None:
     for name in ("sat-soft.yaml", "sat-hard.yaml"):
         sat = load_caption_config(CONFIGS / name)
         assert (sat.xe.batch_size, sat.data.captions_per_image) == (64, 0)
+
+
+def test_transformer_recipe_is_self_criticals() -> None:
+    from butd.models.registry import build_caption_model
+
+    cfg = load_caption_config(CONFIGS / "transformer.yaml")
+    # configs/transformer/transformer.yml: 6+6 layers, d_model 512, 8 heads, d_ff 2048, dropout 0.1, noamopt with
+    # warmup 20000 (factor 1), 15 epochs of 10 images x 5, no scheduled sampling; get_std_opt's Adam 0.9/0.98, 1e-9
+    model = build_caption_model("transformer", 10, 2048, cfg.model).config
+    assert (model.enc_layers, model.dec_layers, model.d_model, model.heads, model.d_ff, model.dropout) == \
+        (6, 6, 512, 8, 2048, 0.1)
+    assert model.feat_dropout == 0.5 and not model.geometry  # drop_prob_lm default; use_box off
+    assert (cfg.xe.schedule.name, cfg.xe.schedule.unit, cfg.xe.schedule.warmup) == ("noam", "steps", 20000)
+    assert cfg.xe.lr == pytest.approx((512 * 20000) ** -0.5) and (cfg.xe.epochs, cfg.xe.batch_size) == (15, 10)
+    assert cfg.data.captions_per_image == 5  # 10 images x 5 captions = [sc]'s 50 caption rows
+    assert (cfg.adam_betas, cfg.adam_eps, cfg.scheduled_sampling.start) == ((0.9, 0.98), 1e-9, -1)
+    assert (cfg.xe.clip_mode, cfg.xe.grad_clip) == ("value", 0.1)
+    # transformer_nscl.yml: new self-critical (mean of the other samples), 5 samples, lr 5e-6 constant, 15 -> 40
+    assert (cfg.scst_objective.baseline, cfg.scst_objective.samples, cfg.scst.lr) == ("mean", 5, 5e-6)
+    assert (cfg.scst.epochs, cfg.scst.batch_size, cfg.scst.schedule.name) == (25, 10, "constant")
 
 
 def test_defaults_are_the_reference_recipes() -> None:

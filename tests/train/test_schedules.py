@@ -133,3 +133,21 @@ def test_scheduled_sampling_feeds_sampled_words_only_when_on() -> None:
     assert len(fed) == 4 and all(bool((w >= 2).all()) for w in fed)
     assert any(not torch.equal(w, batch["captions"][:, t + 1]) for t, w in enumerate(fed))
     assert not torch.allclose(out["logits"][:, 1:], ref["logits"][:, 1:])
+
+
+def test_noam_is_self_criticals_noamopt_rate() -> None:
+    # NoamOpt.rate: factor * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5), s = 1 at the first update;
+    # configs/transformer.yaml gives the same curve as base lr = (d_model * warmup)^-0.5 (factor 1)
+    d_model, warmup = 512, 20000
+    cfg = ScheduleConfig(name="noam", unit="steps", warmup=warmup)
+    base = (d_model * warmup) ** -0.5
+    for step in (0, 1, 999, 19998, 19999, 20000, 80000, 300000):
+        s = step + 1
+        ref = d_model**-0.5 * min(s**-0.5, s * warmup**-1.5)
+        assert lr_at(step, base, cfg, 400000, 11000) == pytest.approx(ref, rel=1e-12)
+    assert lr_at(warmup - 1, base, cfg, 400000) == pytest.approx(3.125e-4)  # the peak, at the end of the warmup
+    # in epochs: the warmup scales with the epoch length
+    per_epoch = ScheduleConfig(name="noam", unit="epochs", warmup=1)
+    assert lr_at(9, 1.0, per_epoch, 100, 10) == 1.0 and lr_at(39, 1.0, per_epoch, 100, 10) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="the noam schedule needs a warmup"):
+        lr_at(0, 1.0, ScheduleConfig(name="noam"), 10)

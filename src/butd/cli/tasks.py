@@ -48,7 +48,7 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
               device: str, nproc: int, verbose: bool, **options: Any) -> None:
     """Train MODEL on a feature store: captioning (XE, then optional SCST) or VQA, by the model's task."""
     from butd.tasks.training import run_training
-    from butd.train.distributed import current
+    from butd.train.distributed import launched_rank
     from butd.train.progress import TrainingInterrupted
 
     options = {**options, "features": features, "device": device if nproc > 1 else pick_device(device)}
@@ -63,7 +63,7 @@ def train_cmd(model: str, features: str, out: str, config_file: str | None, resu
     score = summary.get("val_cider_d", summary.get("best"))
     done = [f"model {model}", *([f"{summary['epochs']} epochs"] if "epochs" in summary else []),
             *([f"best validation score {score:.3f}"] if score is not None else [])]
-    if current().is_main:
+    if launched_rank() == 0:
         click.echo(f"wrote {out} ({', '.join(done)})")
 
 

@@ -40,6 +40,9 @@ class DataConfig:
     min_count: int = 5  # words with fewer training occurrences map to UNK
     max_len: int = 16  # words kept per caption (BOS/EOS added on top)
     max_boxes: int = 100  # regions kept per image (the store's first ones)
+    # append each region's box x1/W, y1/H, x2/W, y2/H (clipped to [0, 1]) as 4 more feature columns: the
+    # transformer's box geometry reads them (region stores only)
+    boxes: bool = False
     train_splits: tuple[str, ...] = ("train", "restval")
     # XE items: 0 = one item per (image, caption) pair; n > 0 = one item per image with n of its captions
     # (self-critical.pytorch seq_per_img: a random run of n consecutive references, or n drawn with
@@ -107,7 +110,8 @@ def split_images(images: Sequence[CaptionImage], split: str,
 
 
 def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> np.ndarray:
-    """The model input of one store record, float32 [K, D]: the first ``max_boxes`` regions, or every grid cell.
+    """The model input of one store record, float32 [K, D]: the first ``max_boxes`` regions, or every grid cell
+    (with ``config.boxes``, [K, D + 4]: each region's normalised box appended, as ORT's relative boxes).
 
     The one featurize step of captioning: the Dataset and ``butd caption`` (new images) both call it, so a
     model sees the same rows at training time and on new photos.
@@ -115,6 +119,14 @@ def featurize(record: dict[str, Any], kind: str, config: DataConfig) -> np.ndarr
     feats = record["features"]
     if kind == "region":
         feats = feats[: config.max_boxes]
+    if config.boxes:
+        if kind != "region":
+            raise CaptionDataError(f"data.boxes needs a region store, this one is {kind!r}", "data.boxes",
+                                   "set data.boxes: false (and model.geometry: false) for grid features",
+                                   usage=True)
+        size = np.array([record["image_w"], record["image_h"]] * 2, dtype=np.float32)
+        boxes = np.clip(np.asarray(record["boxes"][: len(feats)], dtype=np.float32) / size, 0.0, 1.0)
+        return np.concatenate([np.asarray(feats, dtype=np.float32), boxes], axis=1)
     return np.array(feats, dtype=np.float32)  # a writable copy
 
 
@@ -149,6 +161,10 @@ class CaptionDataset(Dataset):
         if config.captions_per_image < 0:
             raise CaptionDataError("captions_per_image must be 0 (one item per caption) or more",
                                    config.captions_per_image, "set data.captions_per_image to 0, or 1 or more",
+                                   usage=True)
+        if config.boxes and store.kind != "region":
+            raise CaptionDataError(f"data.boxes needs a region store, {store.path} is {store.kind!r}", "data.boxes",
+                                   "set data.boxes: false (and model.geometry: false) for grid features",
                                    usage=True)
         self.images = list(images)
         self.store, self.vocab, self.config, self.seed, self.epoch = store, vocab, config, seed, 0

@@ -25,6 +25,9 @@ MODELS = Registry("model", {
     "sat-hard": Entry("butd.models.sat_hard:SatHardConfig", "butd.models.sat_hard:SatHard",
                       "Show, Attend and Tell, hard attention trained with REINFORCE (Xu et al. 2015)",
                       {"task": "caption"}),
+    "transformer": Entry("butd.models.transformer:TransformerConfig", "butd.models.transformer:TransformerCaption",
+                         "Transformer captioner (Vaswani et al. 2017), pre-norm, cached decoding, optional ORT box "
+                         "geometry", {"task": "caption"}),
     "vqa": Entry("butd.models.updown_vqa:UpDownVQAConfig", "butd.models.updown_vqa:UpDownVQA",
                  "Up-Down VQA (Teney et al. 2018): question-guided attention, soft-score classifier",
                  {"task": "vqa"}),

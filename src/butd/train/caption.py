@@ -66,6 +66,10 @@ class CaptionTrainConfig:
     scst: LoopConfig = field(default_factory=lambda: LoopConfig(
         epochs=0, batch_size=10, lr=5e-5, grad_clip=0.1, clip_mode="value", monitor="CIDEr-D", log_every=100))
     scst_objective: ScstConfig = field(default_factory=ScstConfig)
+    # Adam of both phases: torch's defaults = self-critical opts.py optim_alpha / optim_beta / optim_epsilon;
+    # its Noam runs (get_std_opt) use 0.9 / 0.98 and 1e-9, kept into SCST by loading optimizer.pth
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # eval / caption: the run's decoding
     val_max_images: int = 0  # images used for the per-epoch validation CIDEr-D (0 = all)
     eval_batch_size: int = 100
@@ -217,7 +221,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
     if cfg.xe.epochs > 0 and scst_ckpt is not None:  # SCST had started: XE is finished
         summary["phases"]["xe"] = {"resumed": "finished in an earlier invocation"}
     elif cfg.xe.epochs > 0:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.xe.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
         ss = ScheduledSampling(model, cfg.scheduled_sampling)
         state = fit(ss, opt, train_ds, ss.loss, cfg.xe, out_dir / "xe", evaluate=evaluate, meta=meta,
                     callbacks=[ss, _EpochCaptions(train_ds)], resume=_last(out_dir / "xe") if resume else None,
@@ -232,7 +236,7 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
         scorer = CiderD.from_arrays(ddp.share_array_state(
             lambda: CiderD(reward_refs([im.refs for im in scst_ds.images], eos)).to_arrays()))
         objective = ScstObjective(model, scorer, vocab, cfg.scst_objective)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.scst.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.scst.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
         state = fit(objective, opt, scst_ds, lambda out, batch: out, cfg.scst, out_dir / "scst",
                     evaluate=evaluate, meta=meta, resume=scst_ckpt, collate_fn=collate_captions,
                     id_key="image_ids", device=device, echo=echo)
@@ -254,4 +258,5 @@ def train_caption(cfg: CaptionTrainConfig, paths: CaptionPaths, out_dir: str | P
             finally:
                 tmp.unlink(missing_ok=True)
         finish_run(out_dir, summary)
+    ddp.finish()
     return summary

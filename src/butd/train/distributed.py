@@ -32,8 +32,9 @@ from torch.utils.data import Sampler
 from butd.errors import UserError
 
 __all__ = ["DistInfo", "ShardedEpochSampler", "all_reduce_sum", "any_rank", "barrier", "broadcast_bytes",
-           "broadcast_json", "check_shared_dir", "current", "gather_json", "gathered_metrics", "per_rank_batch",
-           "rank_rng_states", "reduce_step", "restore_rank_rng", "setup", "shard_indices", "wrap_model"]
+           "broadcast_json", "check_shared_dir", "current", "finish", "gather_json", "gathered_metrics",
+           "launched_rank", "per_rank_batch", "rank_rng_states", "reduce_step", "restore_rank_rng", "setup",
+           "shard_indices", "wrap_model"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,19 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
 
 def _teardown() -> None:
     if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun); needs no process group."""
+    return _env_int("RANK", 0)
+
+
+def finish() -> None:
+    """The end of a trainer: every rank waits for rank 0's last writes, then all leave the group together
+    (a rank tearing gloo down while another still talks to it can abort the process)."""
+    if _active():
+        dist.barrier()
         dist.destroy_process_group()
 
 

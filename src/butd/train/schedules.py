@@ -9,7 +9,8 @@ RECIPES.md.
 * ``step``: self-critical.pytorch's decay, ``lr = base * gamma ** ((t - decay_start) // decay_every)`` from
   ``decay_start`` on (the first decay comes one interval after the start: 0.8 every 3 epochs);
 * ``warmup_step``: linear warmup, then ``gamma`` at ``decay_start`` and every ``decay_every`` after it;
-* ``cosine``: linear warmup, then cosine to ``min_lr`` at the last step.
+* ``cosine``: linear warmup, then cosine to ``min_lr`` at the last step;
+* ``noam``: Vaswani et al.'s rate (self-critical's ``NoamOpt``), the base rate being its peak at ``warmup``.
 
 Scheduled sampling (Bengio et al. 2015, as self-critical.pytorch runs it): the chance of feeding the model's
 own sampled word instead of the ground truth rises by ``increase_prob`` every ``increase_every`` epochs after
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 from butd.errors import UserError
 from butd.registry import Entry, Registry
 
-__all__ = ["SCHEDULES", "UNITS", "ScheduleConfig", "ScheduledSamplingConfig", "lr_at", "scheduled_sampling_prob",
-           "to_steps"]
+__all__ = ["SCHEDULES", "UNITS", "ScheduleConfig", "ScheduledSamplingConfig", "lr_at", "lr_noam",
+           "scheduled_sampling_prob", "to_steps"]
 
 UNITS = ("steps", "epochs", "fraction")
 
@@ -98,6 +99,18 @@ def lr_cosine(step: int, base: float, cfg: ScheduleConfig, spe: int, total: int)
     return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
+def lr_noam(step: int, base: float, cfg: ScheduleConfig, spe: int, total: int) -> float:
+    """Vaswani et al. 2017 (5.3), self-critical.pytorch ``NoamOpt.rate``: factor * d_model^-0.5 *
+    min(t^-0.5, t * warmup^-1.5) at t = step + 1, written as ``base * min(sqrt(warmup / t), t / warmup)`` so that
+    ``base`` = factor * (d_model * warmup)^-0.5 is the rate at the end of the warmup."""
+    warm = to_steps(cfg.warmup, cfg.unit, spe, total)
+    if warm <= 0:
+        raise UserError("the noam schedule needs a warmup", "loop.schedule.warmup",
+                        "set warmup > 0 (self-critical's transformer: 20000 steps)", usage=True)
+    t = step + 1
+    return base * min(math.sqrt(warm / t), t / warm)
+
+
 # name -> Entry(config, ``(step, base_lr, cfg, steps_per_epoch, total_steps) -> lr``); butd.registry style
 SCHEDULES = Registry("LR schedule", {
     "constant": Entry(ScheduleConfig, lr_constant, "the base rate (after an optional warmup)"),
@@ -105,7 +118,9 @@ SCHEDULES = Registry("LR schedule", {
                   "x gamma every decay_every from decay_start, first decay one interval in (self-critical)"),
     "warmup_step": Entry(ScheduleConfig, lr_warmup_step,
                          "linear warmup, then x gamma at decay_start and every decay_every after it"),
-    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr")})
+    "cosine": Entry(ScheduleConfig, lr_cosine, "linear warmup, then cosine from the base rate to min_lr"),
+    "noam": Entry(ScheduleConfig, lr_noam,
+                  "Noam (Vaswani et al.): linear warmup to the base rate, then x sqrt(warmup / t)")})
 
 
 def lr_at(step: int, base: float, cfg: ScheduleConfig, total: int, steps_per_epoch: int | None = None) -> float:

@@ -238,6 +238,7 @@ def train_vqa(
                "stopped": state.stopped}
     if info.is_main:
         finish_run(out, summary)
+    ddp.finish()
     return summary
 
 
