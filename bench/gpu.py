@@ -15,7 +15,7 @@ Stages, in this order (each guarded: a failure is recorded and the next stage st
    the config's clipping, Adam.
 3. ``vqa``: every ``configs/vqa*.yaml``: questions/s of a training step at batch 512 (36x2048 regions,
    3,129 answers, 20,000 words, 14 tokens), with its optimiser and clipping.
-4. ``pipeline``: ``run_extraction`` (Ray, decode tasks, one model actor per GPU, store writes) on 200 JPEG
+4. ``pipeline``: ``run_extraction`` (Ray, decode tasks, one model actor on the GPU, store writes) on 200 JPEG
    copies of the shipped photos at their own sizes, bua-r101 random weights; images/s and each worker's
    peak RSS and ``torch.cuda.max_memory_allocated`` (the extraction summary's fields).
 
@@ -330,7 +330,7 @@ def stage_pipeline(ctx: Ctx, rec: Recorder) -> None:
     if ctx.dry:  # the same Ray pipeline with a net that runs in seconds on CPU
         cfg, extra = extractor_config("effnetlite0", image_size=64, device="cpu"), {"threads": 1, "batch_size": 2}
     else:
-        cfg, extra = extractor_config("bua-r101", weights="random", device=str(ctx.device)), {}
+        cfg, extra = extractor_config("bua-r101", weights="random", device=str(ctx.device)), {"workers": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = run_extraction(iter_source("folder", root), cfg, ctx.tmp / "pipeline_store", progress=False, **extra)
