@@ -61,23 +61,29 @@ def test_inplace_bottleneck_values_and_gradients_are_bit_exact():
         assert torch.equal(gx, rx)
 
 
+def _set_layout(ex: BUTDExtractor, fmt: torch.memory_format) -> None:
+    ex.model.memory_format = ex.model.roi_heads.memory_format = fmt
+
+
 def test_channels_last_record_equals_nchw_record():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nhwc = BUTDExtractor("random", rpn={"post_nms_topk": 24}, test_scale=160, test_max_size=320, seed=4)
-        nchw = BUTDExtractor("random", rpn={"post_nms_topk": 24}, test_scale=160, test_max_size=320, seed=4)
-    nchw.model.memory_format = nchw.model.roi_heads.memory_format = torch.contiguous_format
-    assert nhwc.model.memory_format == torch.channels_last  # the default
+        ex = BUTDExtractor("random", rpn={"post_nms_topk": 8}, test_scale=160, test_max_size=320, seed=4)
+    assert ex.model.memory_format == ex.model.roi_heads.memory_format == torch.channels_last  # the default
     rng = np.random.default_rng(5)
     img = np.kron(rng.integers(0, 256, (21, 31, 3)), np.ones((10, 10, 1))).astype(np.uint8)
-    p = nhwc.preprocess(img)
-    with torch.inference_mode():
-        [(_, f_nhwc)] = nhwc.model.backbone_groups([torch.from_numpy(p["image"])])
-        [(_, f_nchw)] = nchw.model.backbone_groups([torch.from_numpy(p["image"])])
+    p = ex.preprocess(img)
+    out = {}
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        _set_layout(ex, fmt)
+        with torch.inference_mode():
+            [(_, feats)] = ex.model.backbone_groups([torch.from_numpy(p["image"])])
+        out[fmt] = feats, ex.extract([p])[0]
+    _set_layout(ex, torch.channels_last)
+    (f_nhwc, a), (f_nchw, b) = out[torch.channels_last], out[torch.contiguous_format]
     assert f_nhwc.is_contiguous(memory_format=torch.channels_last) and not f_nhwc.is_contiguous()
     assert f_nchw.is_contiguous()
     torch.testing.assert_close(f_nhwc, f_nchw, rtol=1e-5, atol=1e-5 * float(f_nchw.abs().max()))
-    a, b = nhwc.extract([p])[0], nchw.extract([p])[0]
     assert int(a["num_boxes"]) == int(b["num_boxes"])
     for k in ("objects_id", "attrs_id"):
         np.testing.assert_array_equal(a[k], b[k])
