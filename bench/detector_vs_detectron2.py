@@ -12,12 +12,15 @@ Per photo, alternated in one process, each side does the whole work of one image
   (post-NMS top 300), ``_shared_roi_transform`` + mean, box predictor (+ the VG attribute head),
   ``predict_probs`` / ``predict_boxes``, max-class boxes clipped, NMS across classes at 0.3, 0.4, ...
   until 36 remain, ``detector_postprocess``;
-* butd: ``BUTDExtractor.preprocess`` + ``extract`` with ``boxes_policy="airsplay-36"`` (the same rule).
+* butd: ``BUTDExtractor.preprocess`` + ``extract`` with ``boxes_policy="airsplay-36"`` (the same rule),
+  and with butd's default rule (``caffe``: per-class NMS over the 1600 classes, 10-100 boxes), which
+  py-bottom-up-attention does not ship (``--no-caffe`` leaves it out).
 
-Reported: images/s of each side (median over photos x rounds) and their ratio (butd / detectron2, > 1
-means butd is faster); with ``--stages`` also each stage timed on identical inputs (backbone, RPN,
-RoI pooling + res5, predictor + selection), which is the profile behind the ratio; ``--profile`` adds
-torch.profiler's top operators of one image on each side.
+Reported: images/s of each side (median over photos x rounds, the order of the sides rotating) and the
+speed ratio detectron2 time / butd time (> 1: butd is faster), by wall clock and by this process's CPU
+time (``time.process_time``, steadier than wall time on a shared machine); with ``--stages`` also each
+stage timed on identical inputs (backbone, RPN, RoI pooling + res5, predictor + selection), the profile
+behind the ratio; ``--profile`` adds torch.profiler's top operators of one image on each side.
 """
 
 from __future__ import annotations
