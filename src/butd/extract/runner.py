@@ -30,7 +30,7 @@ from butd.extract.images import ImageDecodeError, load_image
 from butd.extract.registry import build_extractor, extractor_config
 from butd.extract.resume import FAILURES_NAME, RUN_NAME, Summary, check_run_settings, check_store, read_failures
 from butd.extract.sources import SourceItem
-from butd.extract.worker_stats import peak_memory, worker_memory
+from butd.extract.worker_stats import WorkerStats, timed, worker_memory
 
 __all__ = ["FAILURES_NAME", "RUN_NAME", "Summary", "check_store", "run_extraction", "start_local_ray"]
 
@@ -98,7 +98,7 @@ def decode_batch(items: list[tuple[str, str, np.ndarray | None]],
     return out
 
 
-class ModelWorker:
+class ModelWorker(WorkerStats):
     """Ray actor body: builds the extractor once; ``run``: decoded items -> (id, record | None, reason)."""
 
     def __init__(self, name: str, config: dict[str, Any], device: str, threads: int) -> None:
@@ -107,11 +107,6 @@ class ModelWorker:
         torch.set_num_threads(max(1, threads))
         self.extractor = build_extractor(name, extractor_config(name, config))
         self.extractor.to(device)
-        self.busy_s = 0.0
-
-    def stats(self) -> dict[str, Any]:
-        """Peak RSS of this process, peak CUDA memory of its device, seconds in ``run`` (see worker_stats)."""
-        return {**peak_memory(getattr(self.extractor, "device", "cpu")), "busy_s": self.busy_s}
 
     def info(self) -> dict[str, Any]:
         ex = self.extractor
@@ -119,8 +114,8 @@ class ModelWorker:
         return {"name": ex.name, "kind": ex.kind, "details": ex.config_dict(),
                 "weights_sha256": ex.weights_sha256, "preprocessor": prep}
 
+    @timed  # time in the model: WorkerStats.stats() reports it with the peak memory
     def run(self, decoded: list[Decoded]) -> list[tuple[str, dict[str, np.ndarray] | None, str | None]]:
-        t0 = time.perf_counter()
         ok = [d for d in decoded if d[1] is not None]
         records: dict[str, dict[str, np.ndarray]] = {}
         errors: dict[str, str] = {}
@@ -135,7 +130,6 @@ class ModelWorker:
                         records[d[0]] = self.extractor.extract([d[1]], [d[2]])[0]
                     except Exception as e:
                         errors[d[0]] = f"extract failed: {type(e).__name__}: {e}"
-        self.busy_s += time.perf_counter() - t0
         return [(d[0], records.get(d[0]), d[3] or errors.get(d[0])) for d in decoded]
 
 
@@ -341,9 +335,8 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
         raise NothingExtracted(len(failed), first)
     writer.close()  # last shard, index, manifest (written last)
     t_end = time.perf_counter()
-    stats = ray.get([a.stats.remote() for a in actors])
+    memory = worker_memory(ray.get([a.stats.remote() for a in actors]), t_end - t_ready)
     for a in actors:
         ray.kill(a)
     rate = processed / max(t_end - t_ready, 1e-9)
-    return Summary(str(out), len(items), written, done, len(failed), t_end - t_start, rate, n, True,
-                   **worker_memory(stats, t_end - t_ready))
+    return Summary(str(out), len(items), written, done, len(failed), t_end - t_start, rate, n, True, **memory)

@@ -5,8 +5,11 @@ Users size machines by these (an 8 GB GPU, a laptop): ``Summary`` prints them an
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -28,3 +31,28 @@ def worker_memory(stats: list[dict[str, Any]], window_s: float) -> dict[str, lis
     cuda = [s["cuda_max_allocated_bytes"] for s in stats if s["cuda_max_allocated_bytes"] is not None]
     return {"peak_rss_bytes": [int(s["peak_rss_bytes"]) for s in stats], "cuda_max_allocated_bytes": cuda,
             "busy_fraction": [round(min(1.0, s["busy_s"] / max(window_s, 1e-9)), 4) for s in stats]}
+
+
+class WorkerStats:
+    """For the model actor (``ModelWorker``): ``stats()`` gives its peak memory and the seconds its methods
+    decorated with :func:`timed` took (read once the work is done)."""
+
+    busy_s = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        device = getattr(getattr(self, "extractor", None), "device", "cpu")
+        return {**peak_memory(device), "busy_s": self.busy_s}
+
+
+def timed(method: Callable) -> Callable:
+    """Adds the wall seconds of each call of ``method`` to ``self.busy_s``."""
+
+    @functools.wraps(method)
+    def wrapper(self: WorkerStats, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    return wrapper
