@@ -185,8 +185,14 @@ def stage_detector(ctx: Ctx, rec: Recorder) -> None:
 
         memory_reset(ctx)
         sub = time.monotonic() + (deadline - time.monotonic()) / (len(runs) - k)
-        times = timed_steps(ctx, step, sub, warmup=3, steps=30)
-        s = _summary(times)
+        try:  # one setting failing (e.g. out of memory) leaves the others to measure
+            s = _summary(timed_steps(ctx, step, sub, warmup=3, steps=30))
+        except Exception as e:
+            if isinstance(e, HardLimit):
+                raise
+            rec.row("detector", {"fp16": fp16, "batch": batch, "skipped": f"{type(e).__name__}: {e}"[:300]})
+            memory_reset(ctx)
+            continue
         rec.row("detector", {"precision": "fp16" if fp16 else "fp32", "batch": batch,
                              "layout": "channels_last" if channels_last else "nchw",
                              "images_per_s": batch / s["median_s"], "ms_per_image": 1000 * s["median_s"] / batch,
