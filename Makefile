@@ -11,7 +11,7 @@ TEST_WORKERS ?= auto
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: test bench lint demo clean system-deps extract train toy-data parity
+.PHONY: test bench lint demo clean system-deps extract train toy-data parity bench-parity bench-gpu
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: .venv
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# CPU benchmarks; bench-parity (needs detectron2) and bench-gpu (needs a CUDA GPU) run on their own
+BENCH_SEPARATE := bench/detector_vs_detectron2.py bench/gpu.py
 bench: .venv
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in $(filter-out $(BENCH_SEPARATE),$(wildcard bench/*.py)); do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# One unattended run on a CUDA GPU, under 8 minutes: GPU_OUT (JSON) and its .md table (BENCHMARKS.md)
+GPU_OUT ?= gpu.json
+bench-gpu: .venv
+	$(PY) bench/gpu.py --out $(GPU_OUT) $(BENCH_ARGS)
 
 # Parity of bua-r101 with detectron2 / an OpenCV reference, end to end on real photos (not part of `make
 # test`: it needs a second venv holding a pure-Python detectron2 0.6, built once into $(PARITY_VENV)).
@@ -39,6 +46,10 @@ $(PARITY_VENV)/.installed: $(VENV)/.installed tools/install_detectron2_parity.sh
 parity: $(PARITY_VENV)/.installed
 	PYTHONPATH=$(CURDIR)/src PARITY_OUT=$(PARITY_OUT) $(PARITY_VENV)/bin/python -m pytest -v -s -o timeout=5400 \
 	  tests/extract/test_parity_detectron2.py $(PYTEST_ARGS)
+
+# bua-r101 vs py-bottom-up-attention's detectron2 model on CPU, same weights and photos (BENCHMARKS.md)
+bench-parity: $(PARITY_VENV)/.installed
+	PYTHONPATH=$(CURDIR)/src $(PARITY_VENV)/bin/python bench/detector_vs_detectron2.py $(BENCH_ARGS)
 
 lint: .venv
 	$(VENV)/bin/ruff check src tests bench

@@ -1,4 +1,5 @@
-"""Seconds per image of the bua-r101 detector (random weights): per-image vs batched backbone.
+"""Seconds per image of the bua-r101 detector (random weights): per-image vs batched backbone, and
+channels-last activations (the default) vs NCHW.
 
     PYTHONPATH=src python bench/detector_speed.py [--proposals 300] [--cpu-proposals 48] [--repeat 1]
 
@@ -6,12 +7,14 @@ Two 480x640 images (resized to 600x800 as the Caffe model does). "per-image" run
 per image; "batched" stacks same-size images into one backbone call (the RoI heads are per image in
 both). CPU always; CUDA too when available. CUDA runs the published RPN post-NMS top-k (300); the CPU
 run uses ``--cpu-proposals`` (48) to stay short: the res5 head on the RoIs dominates CPU time (about
-5 GFLOP per RoI), so CPU seconds/image scale roughly linearly with it.
+5 GFLOP per RoI), so CPU seconds/image scale roughly linearly with it. The layout rows run the same
+batch with ``memory_format`` channels-last and NCHW, alternated ``--repeat`` times (medians).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -63,6 +66,16 @@ def main() -> None:
         batched = timed(ex, batch, batched=True, repeat=args.repeat)
         print(f"{dev:5s} {topk:4d} proposals  per-image {single:8.3f} s/image   batched {batched:8.3f} s/image   "
               f"speed-up x{single / batched:5.2f}")
+        layouts = {"channels_last": [], "nchw": []}
+        for _ in range(max(args.repeat, 2)):
+            for name in layouts:
+                fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+                ex.model.memory_format = ex.model.roi_heads.memory_format = fmt
+                layouts[name].append(timed(ex, batch, batched=True, repeat=1))
+        ex.model.memory_format = ex.model.roi_heads.memory_format = torch.channels_last
+        cl, nchw = (statistics.median(v) for v in layouts.values())
+        print(f"{dev:5s} {topk:4d} proposals  batched, channels_last {cl:8.3f} s/image   NCHW {nchw:8.3f} s/image   "
+              f"speed-up x{nchw / cl:5.2f}")
 
 
 if __name__ == "__main__":

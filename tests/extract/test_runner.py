@@ -102,6 +102,9 @@ def test_cli_real_photos_with_broken_files(photos: Path, tmp_path: Path, local_r
     assert res.stderr.count("device: cpu (1 model actor(s))") == 1  # --device auto, the choice said once
     summary = json.loads(res.stdout.strip().splitlines()[0])
     assert (summary["total"], summary["written"], summary["failed"]) == (9, 6, 3)
+    # the model worker's peak memory (tests/extract/test_worker_stats.py): a process holding torch + the net
+    assert len(summary["peak_rss_bytes"]) == 1 and 100 * 2**20 < summary["peak_rss_bytes"][0] < 64 * 2**30
+    assert summary["cuda_max_allocated_bytes"] == [] and 0 < summary["busy_fraction"][0] <= 1
     assert verify_store(out, progress=False).ok
     store = FeatureStore(out)
     want = ["camera", "china", "flower", "grace_hopper", "sub/chelsea", "sub/coffee"]

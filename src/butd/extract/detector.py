@@ -44,10 +44,11 @@ RANDOM_WARNING = "random weights: features are meaningless, for tests only"
 class ROIHeads(nn.Module):
     """RoI pooling at stride 16 (14x14) -> res5 -> mean pool -> box / attribute predictor."""
 
-    def __init__(self, layout):
+    def __init__(self, layout, memory_format: torch.memory_format = torch.channels_last):
         super().__init__()
         self.res5 = make_res5()
         self.box_predictor = BoxPredictor(layout)
+        self.memory_format = memory_format
 
     def pooled_features(self, feats: torch.Tensor, boxes: list[torch.Tensor], chunk: int = 512) -> torch.Tensor:
         """boxes[i]: (k_i, 4) in resized pixels for image i of ``feats`` -> (sum k_i, 2048); RoIs go
@@ -57,20 +58,24 @@ class ROIHeads(nn.Module):
         if rois.shape[0] == 0:
             return feats.new_zeros((0, 2048))
         feats = feats.float()
-        out = [self.res5(roi_pool(feats, r, POOLER_RESOLUTION, 1.0 / FEATURE_STRIDE)).mean(dim=(2, 3))
+        out = [self.res5(roi_pool(feats, r, POOLER_RESOLUTION, 1.0 / FEATURE_STRIDE)
+                         .contiguous(memory_format=self.memory_format)).mean(dim=(2, 3))
                for r in rois.split(chunk)]
         return torch.cat(out)
 
 
 class BUTDDetector(nn.Module):
-    """Faster R-CNN ResNet-101 C4 with the Visual Genome class and attribute heads."""
+    """Faster R-CNN ResNet-101 C4 with the Visual Genome class and attribute heads. ``channels_last``:
+    NHWC activations in the backbone and res5, convolved by oneDNN / cuDNN without NCHW's reorders (equal
+    within rounding, ~1e-6 relative; BENCHMARKS.md has the speed); ``False``: NCHW, as detectron2."""
 
-    def __init__(self, layout: str = "d2", rpn: dict | None = None):
+    def __init__(self, layout: str = "d2", rpn: dict | None = None, channels_last: bool = True):
         super().__init__()
         self.layout = LAYOUTS[layout]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone = ResNetC4()
         self.proposal_generator = RPN(self.layout, rpn)
-        self.roi_heads = ROIHeads(self.layout)
+        self.roi_heads = ROIHeads(self.layout, self.memory_format)
         self.eval()
 
     # -- graph pieces -------------------------------------------------------------------------
@@ -80,7 +85,9 @@ class BUTDDetector(nn.Module):
         groups: dict[tuple, list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(tuple(im.shape) if batched else (i,), []).append(i)
-        return [(idx, self.backbone(torch.stack([images[i] for i in idx]))) for idx in groups.values()]
+        fmt = self.memory_format
+        return [(idx, self.backbone(torch.stack([images[i] for i in idx]).contiguous(memory_format=fmt)))
+                for idx in groups.values()]
 
     def heads(self, feats: torch.Tensor, boxes: list[torch.Tensor]):
         """RoI pool (boxes in resized pixels, one tensor per image of ``feats``) -> res5 -> predictor."""

@@ -44,6 +44,12 @@ class FrozenBatchNorm2d(nn.Module):
         scale, shift = self.affine()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
+    def forward_(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` in place on ``x`` (a fresh conv output): the same multiply then add, bit for bit,
+        without allocating two activation-sized tensors per layer (a third of the CPU time of res5)."""
+        scale, shift = self.affine()
+        return x.mul_(scale.view(1, -1, 1, 1).to(x.dtype)).add_(shift.view(1, -1, 1, 1).to(x.dtype))
+
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
 
@@ -56,7 +62,7 @@ class ConvNorm(nn.Conv2d):
         self.norm = FrozenBatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(super().forward(x))
+        return self.norm.forward_(super().forward(x))  # the conv output is ours: normalise it in place
 
 
 class Bottleneck(nn.Module):
@@ -74,7 +80,7 @@ class Bottleneck(nn.Module):
         y = F.relu_(self.conv2(y))
         y = self.conv3(y)
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(y + identity)
+        return F.relu_(y.add_(identity))  # in place: y is this block's own tensor (same sum, no copy)
 
 
 def make_stage(n: int, cin: int, mid: int, cout: int, first_stride: int, dilation: int = 1) -> nn.Sequential:

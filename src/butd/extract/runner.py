@@ -30,6 +30,7 @@ from butd.extract.images import ImageDecodeError, load_image
 from butd.extract.registry import build_extractor, extractor_config
 from butd.extract.sources import SourceItem
 from butd.extract.summary import Summary
+from butd.extract.worker_stats import WorkerStats, timed, worker_memory
 from butd.shards.folder import FAILURES_NAME, StoreFolder, inspect
 
 __all__ = ["FAILURES_NAME", "Summary", "run_extraction", "start_local_ray"]
@@ -98,7 +99,7 @@ def decode_batch(items: list[tuple[str, str, np.ndarray | None]],
     return out
 
 
-class ModelWorker:
+class ModelWorker(WorkerStats):
     """Ray actor body: builds the extractor once; ``run``: decoded items -> (id, record | None, reason)."""
 
     def __init__(self, name: str, config: dict[str, Any], device: str, threads: int) -> None:
@@ -114,6 +115,7 @@ class ModelWorker:
         return {"name": ex.name, "kind": ex.kind, "details": ex.config_dict(),
                 "weights_sha256": ex.weights_sha256, "preprocessor": prep}
 
+    @timed  # time in the model: WorkerStats.stats() reports it with the peak memory
     def run(self, decoded: list[Decoded]) -> list[tuple[str, dict[str, np.ndarray] | None, str | None]]:
         ok = [d for d in decoded if d[1] is not None]
         records: dict[str, dict[str, np.ndarray]] = {}
@@ -340,8 +342,9 @@ def _run(ray: Any, folder: StoreFolder, items: list[SourceItem], cfg: Any,
         first = failed.first()
         raise NothingExtracted(len(failed), f"{Path(first['where']).name}: {first['reason']}" if first else "")
     writer.close()  # last shard, index, manifest (written last)
+    t_end = time.perf_counter()
+    memory = worker_memory(ray.get([a.stats.remote() for a in actors]), t_end - t_ready)
     for a in actors:
         ray.kill(a)
-    t_end = time.perf_counter()
     rate = processed / max(t_end - t_ready, 1e-9)
-    return Summary(str(folder.path), len(items), written, done, len(failed), t_end - t_start, rate, n, True)
+    return Summary(str(folder.path), len(items), written, done, len(failed), t_end - t_start, rate, n, True, **memory)
