@@ -142,6 +142,20 @@ def _sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
     return [by_id[k] for k in sorted(by_id)]
 
 
+def pending_batches(items: list[SourceItem], writer: Any, failed: set[str], shard_size: int,
+                    batch_size: int) -> tuple[int, list[list[SourceItem]]]:
+    """(images already done, the batches left): a chunk of ``shard_size`` whose every image is in the store
+    (``writer``) or in ``failed`` is skipped whole; any other chunk is cut into its fixed batches again."""
+    done = sum(1 for it in items if it.image_id in writer or it.image_id in failed)
+    batches: list[list[SourceItem]] = []
+    for c in range(0, len(items), shard_size):
+        chunk = items[c:c + shard_size]
+        if all(it.image_id in writer or it.image_id in failed for it in chunk):
+            continue
+        batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
+    return done, batches
+
+
 def _plan_workers(ray: Any, cfg: Any, workers: int | None,
                   threads: int | None = None) -> tuple[str, int, dict[str, float], int]:
     """(device, number of actors, actor resources, torch threads per actor)."""
@@ -286,13 +300,7 @@ def _run(ray: Any, writer_cls: Any, items: list[SourceItem], cfg: Any, out: Path
     writer = writer_cls(out, info["kind"], max_records=shard_size, extractor=extractor_meta,
                         source=source_meta, resume=True)
     with open(failures_path, "a", encoding="utf-8") as ffile:
-        done = sum(1 for it in items if it.image_id in writer or it.image_id in failed)
-        batches: list[list[SourceItem]] = []
-        for c in range(0, len(items), shard_size):
-            chunk = items[c:c + shard_size]
-            if all(it.image_id in writer or it.image_id in failed for it in chunk):
-                continue
-            batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
+        done, batches = pending_batches(items, writer, failed, shard_size, batch_size)
         window: deque[tuple[list[SourceItem], Any]] = deque()
         limit = max_in_flight or 2 * n + 2
         bar = tqdm(total=len(items), initial=done, unit="img", disable=not progress, dynamic_ncols=True,
