@@ -9,11 +9,12 @@ answer candidates, soft scores, Datasets, one epoch) and the Ray extraction pipe
 with a trivial extractor (per-image overhead, the driver's memory).
 
 Each group of steps runs in a fresh process per size, so peak memory is per size; within it the peak is
-per step (see bench/scale_lib/meter.py). Goals: every step grows linearly (<= 12x time per 10x data) and no
+per step (see bench/scale_lib/meter.py). The sizes take turns for ``--rounds`` rounds; times are medians,
+peaks the largest seen. Goals: every step grows linearly (<= 12x time per 10x data) and no
 step's peak anonymous memory (RSS without the store's file-backed pages) reaches 4 GiB at full size.
 
-  python bench/scale.py                       # 1%, 10%, 100% (about 15 minutes on 2 cores)
-  python bench/scale.py --fraction 0.01 --steps store,vqa-answers --markdown out.md
+  python bench/scale.py                       # 1%, 10%, 100%, 3 rounds (about 30 minutes on 2 cores)
+  python bench/scale.py --fraction 0.01 --rounds 1 --steps store,vqa-answers --markdown out.md
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,19 +65,43 @@ def _run_child(group: str, fraction: float, folder: Path, todo: list[str]) -> di
     return json.loads(result.read_text())
 
 
-def measure(fraction: float, todo: list[str], scratch: Path, keep: bool) -> dict:
-    """Every step of ``todo`` (plus what it needs) at one size; each group in its own process."""
-    folder = Path(tempfile.mkdtemp(prefix=f"scale-{fraction:g}-", dir=scratch))
-    results: dict = {}
+def _combine(runs: list[dict]) -> dict:
+    """One result per step over the rounds: median times, the largest peaks, and every round's times."""
+    out = {}
+    for name in runs[0]:
+        rs = [r[name] for r in runs]
+        out[name] = {**rs[-1], "rounds": [{k: r.get(k) for k in ("seconds", "cpu_seconds")} for r in rs]}
+        for key in ("seconds", "cpu_seconds"):
+            if key in rs[0]:
+                out[name][key] = statistics.median(r[key] for r in rs)
+        for key in ("peak_rss_mb", "peak_anon_mb"):
+            if rs[0].get(key) is not None:
+                out[name][key] = max(r[key] for r in rs)
+    return out
+
+
+def measure(fractions: list[float], todo: list[str], scratch: Path, keep: bool, rounds: int) -> dict[float, dict]:
+    """Every step of ``todo`` (plus what it needs) at each size, ``rounds`` times, the sizes taking turns (so
+    other load on the machine hits each size alike); every group of steps runs in a fresh process."""
+    folders = {f: Path(tempfile.mkdtemp(prefix=f"scale-{f:g}-", dir=scratch)) for f in fractions}
+    gen = {f: {} for f in fractions}
+    runs: dict[float, list[dict]] = {f: [] for f in fractions}
     try:
-        results.update(_run_child("gen", fraction, folder, []))
-        for group, names in steps.GROUPS.items():
-            if any(s in names for s in todo):
-                results.update(_run_child(group, fraction, folder, todo))
+        for f in fractions:
+            gen[f] = _run_child("gen", f, folders[f], [])
+        for r in range(rounds):
+            for f in fractions:
+                print(f"== round {r + 1}/{rounds}: {f * 100:g}% of COCO {data.Sizes.at(f)}", flush=True)
+                res: dict = {}
+                for group, names in steps.GROUPS.items():
+                    if any(s in names for s in todo):
+                        res.update(_run_child(group, f, folders[f], todo))
+                runs[f].append(res)
     finally:
         if not keep:
-            shutil.rmtree(folder, ignore_errors=True)
-    return results
+            for folder in folders.values():
+                shutil.rmtree(folder, ignore_errors=True)
+    return {f: {**gen[f], **_combine(runs[f])} for f in fractions}
 
 
 def _fmt_s(v: float | None) -> str:
@@ -158,6 +184,7 @@ def main() -> None:
                     help="folder for the generated data (default /work/scratch if it exists, else the temp dir)")
     ap.add_argument("--markdown", type=Path, help="also write the table to this file")
     ap.add_argument("--json", type=Path, help="also write every measurement to this file")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of every size, in turns; medians are reported")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
@@ -168,11 +195,8 @@ def main() -> None:
     scratch = args.scratch or (Path("/work/scratch") if Path("/work/scratch").is_dir() else Path(tempfile.gettempdir()))
     scratch.mkdir(parents=True, exist_ok=True)
     todo = steps.needed(args.steps)
-    results: dict[float, dict] = {}
     t0 = time.perf_counter()
-    for f in sorted(args.fraction):
-        print(f"== {f * 100:g}% of COCO: {data.Sizes.at(f)}", flush=True)
-        results[f] = measure(f, todo, scratch, args.keep)
+    results = measure(sorted(args.fraction), todo, scratch, args.keep, args.rounds)
     table, misses = markdown(results, [s for s in steps.STEPS if s in args.steps])
     load = os.getloadavg()
     print(f"\n{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "

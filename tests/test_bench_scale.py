@@ -24,7 +24,7 @@ def test_every_step_runs_at_a_tiny_fraction(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     scratch = tmp_path / "scratch"
-    run = subprocess.run([sys.executable, str(BENCH), "--fraction", "0.0003", "--scratch", str(scratch),
+    run = subprocess.run([sys.executable, str(BENCH), "--fraction", "0.0003", "--rounds", "1", "--scratch", str(scratch),
                           "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "t.md")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
@@ -67,3 +67,11 @@ def test_goals_flag_superlinear_steps_and_memory() -> None:
     row = next(line for line in table.splitlines() if line.startswith("| `quadratic`"))
     assert "100.0× ✘" in row
     assert "✘" not in next(line for line in table.splitlines() if line.startswith("| `linear`"))
+
+
+def test_rounds_give_median_times_and_the_largest_peaks() -> None:
+    bench = _bench_module()
+    runs = [{"s": _result(t, anon=a)} for t, a in ((3.0, 10.0), (1.0, 30.0), (2.0, 20.0))]
+    got = bench._combine(runs)["s"]
+    assert (got["seconds"], got["cpu_seconds"], got["peak_anon_mb"], got["peak_rss_mb"]) == (2.0, 2.0, 30.0, 80.0)
+    assert [r["seconds"] for r in got["rounds"]] == [3.0, 1.0, 2.0]

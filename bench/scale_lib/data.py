@@ -135,7 +135,7 @@ def _answer_tables() -> dict[str, tuple[list[str], np.ndarray]]:
     nums[0] *= 0.5
     return {"yes/no": (["yes", "no"], np.array([0.5, 0.5])),
             "number": ([str(k) for k in range(21)], nums / nums.sum()),
-            "other": (other, _zipf(len(other), 3.0, len(other), 1.0, s1=1.105))}
+            "other": (other, _zipf(len(other), 3.0, len(other), 1.0, s1=1.103))}
 
 
 def write_vqa(questions: Path, annotations: Path, sizes: Sizes, split: str) -> None:

@@ -80,6 +80,7 @@ def _epoch(loader) -> dict[str, int]:
 def run_store(files: Files, sizes: data.Sizes, todo: list[str], meter: Meter) -> None:
     from butd.shards import FeatureStore, ShardWriter, verify_store
 
+    shutil.rmtree(files.store, ignore_errors=True)  # an earlier round's
     with meter.step("store-write") as info:
         with ShardWriter(files.store, "region", source={"dataset": "bench/scale.py"}) as writer:
             for image_id, record in data.store_records(sizes):
@@ -119,6 +120,7 @@ def _resume_scan(files: Files, sizes: data.Sizes, meter: Meter) -> None:
 
     out = files.root / "resume"
     shards = sorted(files.store.glob("shard-*.lmdb"))
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     half = max(1, len(shards) // 2)
     for s in shards[:half]:
@@ -258,7 +260,9 @@ def run_ray(files: Files, sizes: data.Sizes, todo: list[str], meter: Meter) -> N
     from butd.extract.sources import iter_source
     from scale_lib.null_extractor import NullConfig
 
-    root = files.root / "images"
+    root, out = files.root / "images", files.root / "ray-store"
+    for folder in (root, out):  # an earlier round's
+        shutil.rmtree(folder, ignore_errors=True)
     broken = data.write_images(root, sizes.ray_images)
     env = ray_runtime_env()
     bench_dir = str(Path(__file__).resolve().parents[1])
@@ -271,8 +275,8 @@ def run_ray(files: Files, sizes: data.Sizes, todo: list[str], meter: Meter) -> N
                  configure_logging=False, runtime_env=env)
     try:
         with meter.step("ray-extract") as info:
-            s = run_extraction(iter_source("folder", root), NullConfig(), files.root / "ray-store",
-                               progress=False)  # butd extract's defaults: 1 CPU worker, shards of 1000, batch 8
+            # butd extract's defaults: 1 CPU worker, shards of 1000, batches of 8
+            s = run_extraction(iter_source("folder", root), NullConfig(), out, progress=False)
             assert (s.written, s.failed) == (sizes.ray_images - broken, broken), s
             info.update(images=s.total, failed=s.failed, images_per_s=s.images_per_s,
                         ms_per_image=1000 / max(s.images_per_s, 1e-9))

@@ -39,7 +39,7 @@ class CiderD:
     """
 
     def __init__(self, refs_corpus: Mapping[Any, Sequence[str]] | Sequence[Sequence[str]], n: int = 4,
-                 sigma: float = 6.0, chunk_docs: int = 10_000) -> None:
+                 sigma: float = 6.0, chunk_docs: int = 1000) -> None:
         if not 1 <= n <= 4:
             raise ValueError("n must be in 1..4 (n-grams are packed into 64-bit keys)")
         docs = list(refs_corpus.values()) if isinstance(refs_corpus, Mapping) else list(refs_corpus)
@@ -66,11 +66,12 @@ class CiderD:
         ids, lens = self._word_ids([s for doc in docs for s in doc], self._vocab, grow=True)
         keys, sent_idx, _ = self._ngrams(ids, lens)
         doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])[sent_idx]
-        order = np.lexsort((doc_of, keys))
-        keys, doc_of = keys[order], doc_of[order]
-        first = np.ones(keys.size, dtype=bool)
-        first[1:] = (keys[1:] != keys[:-1]) | (doc_of[1:] != doc_of[:-1])
-        return keys[first]
+        uniq, inv = np.unique(keys, return_inverse=True)
+        pair = inv.astype(np.int64) * len(docs) + doc_of  # (n-gram, document) codes
+        pair.sort()
+        first = np.ones(pair.size, dtype=bool)
+        first[1:] = pair[1:] != pair[:-1]
+        return uniq[pair[first] // len(docs)]
 
     # -- tokens -> ids -> n-gram keys ----------------------------------------------------------------
     @staticmethod
