@@ -24,8 +24,9 @@ def test_every_step_runs_at_a_tiny_fraction(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     scratch = tmp_path / "scratch"
-    run = subprocess.run([sys.executable, str(BENCH), "--fraction", "0.0003", "--rounds", "1", "--scratch", str(scratch),
-                          "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "t.md")],
+    run = subprocess.run([sys.executable, str(BENCH), "--fraction", "0.0003", "--rounds", "1",
+                          "--scratch", str(scratch), "--json", str(tmp_path / "r.json"),
+                          "--markdown", str(tmp_path / "t.md")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     bench = _bench_module()
