@@ -86,6 +86,21 @@ def test_bad_annotations_name_the_question(tmp_path: Path) -> None:
         load_vqa(q, a)
 
 
+def test_files_that_are_not_vqa_files(tmp_path: Path) -> None:
+    q, a = _write(tmp_path, [_ann(5, ["red"] * 10), _ann(6, ["blue"] * 10)])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="list.json: not a VQA annotations file"):
+        load_vqa(q, tmp_path / "list.json")
+    text = a.read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) * 2 // 3])  # a truncated download
+    with pytest.raises(json.JSONDecodeError):
+        load_vqa(q, tmp_path / "cut.json")
+    exs = load_vqa(q, a)  # read one entry at a time, yet equal to what the whole file says
+    whole = json.loads(text)["annotations"]
+    assert [(e.question_id, e.answers, e.mc_answer) for e in exs] == [
+        (w["question_id"], tuple(x["answer"] for x in w["answers"]), w["multiple_choice_answer"]) for w in whole]
+
+
 def test_answer_set_threshold_and_error() -> None:
     exs = [
         VQAExample(i, 1, "q", answer_type="other", answers=("x",) * 10, mc_answer=mc)

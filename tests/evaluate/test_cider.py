@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -57,6 +58,29 @@ def test_equal_to_pycocoevalcap_toy_captions(tmp_path) -> None:
         assert abs(mean - mean_ref) < 1e-6
         np.testing.assert_allclose(per, per_ref, atol=1e-6, rtol=0)
     assert scorer.score(cands, refs)[0] > scorer.score(shuffled, refs)[0]
+
+
+@pytest.mark.parametrize("chunk_docs", [1, 7, 10_000])
+def test_document_frequencies_count_documents_whatever_the_chunk(chunk_docs: int) -> None:
+    """df(g) = the number of documents with n-gram g in any reference, counted chunk by chunk (memory)."""
+    _, refs = _random_sents(4, 60)
+    docs = list(refs.values())
+    arrays = CiderD(docs, chunk_docs=chunk_docs).to_arrays()
+    words = arrays["words"].tolist()
+    got = {}
+    for key, df in zip(arrays["df_keys"].tolist(), arrays["df_vals"].tolist(), strict=True):
+        ids = []
+        while key:
+            key, digit = divmod(key, 1 << 16)
+            ids.append(digit)
+        got[tuple(words[i - 1] for i in reversed(ids))] = df
+    want = Counter(g for doc in docs for g in {tuple(t[i:i + k]) for s in doc for t in [s.split()]
+                                               for k in range(1, 5) for i in range(len(t) - k + 1)})
+    assert got == want
+    # the word table (ids by first appearance) and every setting are the same as in one pass
+    one = CiderD(docs, chunk_docs=len(docs)).to_arrays()
+    for name in one:
+        np.testing.assert_array_equal(arrays[name], one[name])
 
 
 def test_fixed_corpus_and_lists() -> None:

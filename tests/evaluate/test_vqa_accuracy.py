@@ -64,6 +64,20 @@ def test_leave_one_out_values() -> None:
     assert got == pytest.approx([0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
 
 
+def test_leave_one_out_is_exact_for_every_pattern_of_matches() -> None:
+    """Bit-equal to the official loop (vqaEval.py: per left-out answer min(1, matches / 3), summed in answer
+    order, / 10) for all 1,024 patterns, asked in two orders; the sum's order matters (m = 2 gives three
+    different floats), so a result memoised per pattern must never be reused for another pattern."""
+    import itertools
+
+    patterns = list(itertools.product([False, True], repeat=10)) + [(True,), (False, True, True)]
+    for order in (patterns, patterns[::-1]):
+        for p in order:
+            accs = [min(1.0, float(sum(p) - int(b)) / 3) for b in p]
+            assert leave_one_out_score(list(p)) == float(sum(accs)) / len(accs), p
+    assert len({leave_one_out_score(p) for p in patterns if sum(p) == 2 and len(p) == 10}) == 3
+
+
 def test_hand_computed_example() -> None:
     # 2 x "red", 8 x "blue": "red" matches 2 -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6; "blue" -> 1; "green" -> 0
     anns = [

@@ -7,9 +7,9 @@ extension (Flickr). The training split is ``train`` + ``restval`` by default.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from butd.datasets.json_list import NotAListError, iter_list
 from butd.datasets.vocab import PAD, Vocab
 from butd.errors import UserError
 from butd.shards import FeatureStore
@@ -70,31 +71,42 @@ def _tokenize(raw: str) -> list[str]:
 
 
 def load_karpathy(path: str | Path) -> list[CaptionImage]:
-    """Every image of a Karpathy-format JSON; raises :class:`CaptionDataError` (one line) when malformed."""
+    """Every image of a Karpathy-format JSON; raises :class:`CaptionDataError` (one line) when malformed.
+
+    Images are parsed one at a time (:func:`~butd.datasets.json_list.iter_list`) and words are interned, so
+    memory holds the file's text and the images kept, not every parsed object of the file at once.
+    """
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CaptionDataError(f"{path}: cannot read ({exc.strerror})") from None
     except ValueError as exc:
         raise CaptionDataError(f"{path}: malformed JSON ({exc})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
-        raise CaptionDataError(f"{path}: not a Karpathy split file (no 'images' list)")
-    out: list[CaptionImage] = []
-    for n, im in enumerate(obj["images"]):
-        try:
-            if im.get("cocoid") is not None:
-                image_id = str(im["cocoid"])
-            else:
-                image_id = Path(im["filename"]).stem
-            sents = im["sentences"]
-            tokens = tuple(tuple(s["tokens"]) if s.get("tokens") is not None else tuple(_tokenize(s["raw"]))
-                           for s in sents)
-            raw = tuple(str(s.get("raw", " ".join(t))) for s, t in zip(sents, tokens, strict=True))
-            out.append(CaptionImage(image_id, str(im["split"]), tokens, raw))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise CaptionDataError(f"{path}: image #{n} is malformed (missing or bad field {exc})") from None
-    return out
+    try:
+        return [_caption_image(im, n, path) for n, im in enumerate(iter_list(text, "images"))]
+    except CaptionDataError:
+        raise
+    except NotAListError:
+        raise CaptionDataError(f"{path}: not a Karpathy split file (no 'images' list)") from None
+    except ValueError as exc:
+        raise CaptionDataError(f"{path}: malformed JSON ({exc})") from None
+
+
+def _caption_image(im: Any, n: int, path: Path) -> CaptionImage:
+    try:
+        if im.get("cocoid") is not None:
+            image_id = str(im["cocoid"])
+        else:
+            image_id = Path(im["filename"]).stem
+        sents = im["sentences"]
+        # one string object per distinct word (~25k on COCO), not one per token (6.5M)
+        tokens = tuple(tuple(map(sys.intern, s["tokens"] if s.get("tokens") is not None else _tokenize(s["raw"])))
+                       for s in sents)
+        raw = tuple(str(s.get("raw", " ".join(t))) for s, t in zip(sents, tokens, strict=True))
+        return CaptionImage(image_id, str(im["split"]), tokens, raw)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CaptionDataError(f"{path}: image #{n} is malformed (missing or bad field {exc})") from None
 
 
 def split_images(images: Sequence[CaptionImage], split: str,

@@ -7,10 +7,10 @@ Layout read: ``{"questions": [{"question_id", "image_id", "question"}]}`` and
 
 from __future__ import annotations
 
-import json
 import re
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from butd.datasets.json_list import NotAListError, read_list
 from butd.datasets.vocab import Vocab
 from butd.errors import UserError
 from butd.evaluate.vqa_accuracy import ANSWER_TYPES, normalize_answer, soft_scores
@@ -88,11 +89,19 @@ def _paths(p: str | Path | Sequence[str | Path] | None) -> list[Path]:
     return [Path(p)] if isinstance(p, str | Path) else [Path(x) for x in p]
 
 
-def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or key not in data:
-        raise ValueError(f"{path}: not a VQA {key} file (no top-level {key!r} list)")
-    return data[key]
+def _read_json(path: Path, key: str) -> Iterator[dict[str, Any]]:
+    """The entries of the file's top-level ``key`` list, parsed one at a time (VQA v2 train: 4.9M objects)."""
+    try:
+        yield from read_list(path, key)
+    except NotAListError:
+        raise ValueError(f"{path}: not a VQA {key} file (no top-level {key!r} list)") from None
+
+
+def _kept(ann: dict[str, Any]) -> tuple[str, str, tuple[str, ...], Any]:
+    """What an example keeps of its annotation; repeated strings (types, answers) share one object."""
+    mc = ann.get("multiple_choice_answer")
+    return (sys.intern(str(ann.get("question_type", ""))), sys.intern(str(ann["answer_type"])),
+            tuple(sys.intern(str(a["answer"])) for a in ann["answers"]), sys.intern(mc) if type(mc) is str else mc)
 
 
 def _check_annotation(ann: dict[str, Any], path: Path) -> None:
@@ -115,11 +124,11 @@ def load_vqa(
     q_paths, a_paths = _paths(questions), _paths(annotations)
     if a_paths and len(a_paths) != len(q_paths):
         raise ValueError(f"{len(q_paths)} question file(s) but {len(a_paths)} annotation file(s)")
-    anns: dict[int, dict[str, Any]] = {}
+    anns: dict[int, tuple[str, str, tuple[str, ...], Any]] = {}
     for path in a_paths:
         for ann in _read_json(path, "annotations"):
             _check_annotation(ann, path)
-            anns[int(ann["question_id"])] = ann
+            anns[int(ann["question_id"])] = _kept(ann)
     out: list[VQAExample] = []
     for path in q_paths:
         for q in _read_json(path, "questions"):
@@ -127,17 +136,10 @@ def load_vqa(
             ann = anns.get(qid)
             if a_paths and ann is None:
                 raise ValueError(f"{path}: question_id {qid} has no annotation")
-            out.append(
-                VQAExample(
-                    question_id=qid,
-                    image_id=int(q["image_id"]),
-                    question=str(q["question"]),
-                    question_type=str(ann.get("question_type", "")) if ann else "",
-                    answer_type=str(ann["answer_type"]) if ann else "",
-                    answers=tuple(str(a["answer"]) for a in ann["answers"]) if ann else (),
-                    mc_answer=ann.get("multiple_choice_answer") if ann else None,
-                )
-            )
+            question_type, answer_type, answers, mc = ann or ("", "", (), None)
+            out.append(VQAExample(question_id=qid, image_id=int(q["image_id"]), question=str(q["question"]),
+                                  question_type=question_type, answer_type=answer_type, answers=answers,
+                                  mc_answer=mc))
     return out
 
 

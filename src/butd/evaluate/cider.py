@@ -34,10 +34,12 @@ class CiderD:
             reference lists; each entry is one "document" (all references of one image).
         n: largest n-gram order (4 in CIDEr-D).
         sigma: standard deviation of the Gaussian length penalty (6 in CIDEr-D).
+        chunk_docs: documents counted at a time for the document frequencies (bounds memory; the scorer is
+            the same for every value).
     """
 
     def __init__(self, refs_corpus: Mapping[Any, Sequence[str]] | Sequence[Sequence[str]], n: int = 4,
-                 sigma: float = 6.0) -> None:
+                 sigma: float = 6.0, chunk_docs: int = 1000) -> None:
         if not 1 <= n <= 4:
             raise ValueError("n must be in 1..4 (n-grams are packed into 64-bit keys)")
         docs = list(refs_corpus.values()) if isinstance(refs_corpus, Mapping) else list(refs_corpus)
@@ -46,17 +48,30 @@ class CiderD:
         self.n = n
         self.sigma = float(sigma)
         self._vocab: dict[str, int] = {}
-        sents = [s for doc in docs for s in doc]
-        doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
-        ids, lens = self._word_ids(sents, self._vocab, grow=True)
-        keys, sent_idx, _ = self._ngrams(ids, lens)
-        # one count per (document, n-gram)
-        uniq, inv = np.unique(keys, return_inverse=True)
-        pair = np.unique(doc_of[sent_idx] * np.int64(max(uniq.size, 1)) + inv)
-        self._df_keys = uniq
-        self._df_vals = np.bincount(pair % max(uniq.size, 1), minlength=uniq.size).astype(np.float64)
+        # Each n-gram once per document that holds it, ``chunk_docs`` documents at a time: memory grows with
+        # the distinct (document, n-gram) pairs, not with the every-occurrence arrays of the whole corpus (COCO:
+        # 25M occurrences). Word ids are still given in order of first appearance, so nothing depends on it.
+        per_doc = [self._doc_ngrams(docs[c:c + chunk_docs]) for c in range(0, len(docs), max(1, chunk_docs))]
+        keys = np.concatenate(per_doc)
+        del per_doc
+        keys.sort()  # in place (np.unique would sort a copy)
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if keys.size else keys[:0]
+        self._df_keys = keys[starts]
+        self._df_vals = np.diff(np.append(starts, keys.size)).astype(np.float64)  # documents per n-gram
         self.ref_len = float(np.log(float(len(docs))))
         self.num_docs = len(docs)
+
+    def _doc_ngrams(self, docs: Sequence[Sequence[str]]) -> np.ndarray:
+        """uint64 keys of the distinct n-grams of each document, concatenated (grows the word table)."""
+        ids, lens = self._word_ids([s for doc in docs for s in doc], self._vocab, grow=True)
+        keys, sent_idx, _ = self._ngrams(ids, lens)
+        doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])[sent_idx]
+        uniq, inv = np.unique(keys, return_inverse=True)
+        pair = inv.astype(np.int64) * len(docs) + doc_of  # (n-gram, document) codes
+        pair.sort()
+        first = np.ones(pair.size, dtype=bool)
+        first[1:] = pair[1:] != pair[:-1]
+        return uniq[pair[first] // len(docs)]
 
     # -- tokens -> ids -> n-gram keys ----------------------------------------------------------------
     @staticmethod

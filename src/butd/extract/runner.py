@@ -27,13 +27,14 @@ import numpy as np
 from butd.devices import resolve_device
 from butd.errors import UserError
 from butd.extract.images import ImageDecodeError, load_image
+from butd.extract.plan import pending_batches, sorted_unique
 from butd.extract.registry import build_extractor, extractor_config
 from butd.extract.sources import SourceItem
 from butd.extract.summary import Summary
 from butd.extract.worker_stats import WorkerStats, timed, worker_memory
 from butd.shards.folder import FAILURES_NAME, StoreFolder, inspect
 
-__all__ = ["FAILURES_NAME", "Summary", "run_extraction", "start_local_ray"]
+__all__ = ["FAILURES_NAME", "Summary", "pending_batches", "run_extraction", "sorted_unique", "start_local_ray"]
 
 log = logging.getLogger(__name__)
 Decoded = tuple[str, "dict[str, Any] | None", "np.ndarray | None", "str | None"]  # id, prep, boxes, failure
@@ -135,16 +136,6 @@ class ModelWorker(WorkerStats):
 
 
 # -- driver -------------------------------------------------------------------------------------------
-def _sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
-    by_id: dict[str, SourceItem] = {}
-    for it in items:
-        if it.image_id in by_id and by_id[it.image_id].path != it.path:
-            raise UserError(f"image id {it.image_id!r} names two files", f"{by_id[it.image_id].path}, {it.path}",
-                            "keep one of them, or rename one (ids are file names without suffix)", usage=True)
-        by_id.setdefault(it.image_id, it)
-    return [by_id[k] for k in sorted(by_id)]
-
-
 def _plan_workers(ray: Any, cfg: Any, workers: int | None,
                   threads: int | None = None) -> tuple[str, int, dict[str, float], int]:
     """(device, number of actors, actor resources, torch threads per actor)."""
@@ -184,7 +175,7 @@ def run_extraction(source: Iterable[SourceItem], extractor_cfg: Any, out: str | 
     """
     t_start = time.perf_counter()
     out = Path(out)
-    items = _sorted_unique(source)
+    items = sorted_unique(source)
     if shard_size < 1 or batch_size < 1:
         raise UserError("shard_size and batch_size must be >= 1", f"{shard_size}, {batch_size}", "pass positive sizes",
                         usage=True)
@@ -303,13 +294,7 @@ def _run(ray: Any, folder: StoreFolder, items: list[SourceItem], cfg: Any,
     writer = folder.writer(info["kind"], max_records=shard_size, extractor=extractor_meta,
                            source={**source_info, "num_images": len(items)})
     written = processed = 0
-    done = sum(1 for it in items if it.image_id in writer or it.image_id in failed)
-    batches: list[list[SourceItem]] = []
-    for c in range(0, len(items), shard_size):
-        chunk = items[c:c + shard_size]
-        if all(it.image_id in writer or it.image_id in failed for it in chunk):
-            continue
-        batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
+    done, batches = pending_batches(items, writer, failed, shard_size, batch_size)
     window: deque[tuple[list[SourceItem], Any]] = deque()
     limit = max_in_flight or 2 * n + 2
     bar = tqdm(total=len(items), initial=done, unit="img", disable=not progress, dynamic_ncols=True,

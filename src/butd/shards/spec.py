@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,12 @@ SCHEMAS: dict[str, tuple[Field, ...]] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, memoised: numpy computes it in Python (~5 us), five times per record written or checked."""
+    return dtype.name
+
+
 def validate_record(kind: str, record: dict[str, np.ndarray]) -> dict[str, int]:
     """Check `record` against the schema of `kind`; return the bound symbols (k, D, n, C).
 
@@ -95,7 +102,7 @@ def validate_record(kind: str, record: dict[str, np.ndarray]) -> dict[str, int]:
         arr = record[f.name]
         if not isinstance(arr, np.ndarray):
             raise RecordError(f"field {f.name!r} must be a numpy array, got {type(arr).__name__}")
-        if arr.dtype.name not in f.dtypes:
+        if _dtype_name(arr.dtype) not in f.dtypes:
             raise RecordError(f"field {f.name!r} has dtype {arr.dtype.name}, expected {' or '.join(f.dtypes)}")
         if arr.ndim != len(f.shape):
             raise RecordError(f"field {f.name!r} has shape {arr.shape}, expected {len(f.shape)} dims")

@@ -131,11 +131,11 @@ class ShardWriter:
         from butd.shards.codec import decode
 
         env = open_lmdb_file(shard, write=False)
-        with env.begin() as txn:
+        with env.begin(buffers=True) as txn:  # views on the map: only headers are read, no value is copied
             n = 0
             for key, value in txn.cursor():
                 record = decode(value)
-                self._seen.add(key.decode("utf-8"))
+                self._seen.add(bytes(key).decode("utf-8"))
                 self._update_dims(validate_record(self.kind, record), record)
                 n += 1
         del env
