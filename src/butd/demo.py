@@ -154,7 +154,8 @@ def run_demo(out: str | Path, *, n_images: int = 160, console: Console | None = 
         write_report(items, page, title=f"butd {task} report: {run}, {mod.SPLIT} split")
 
     summary = _summary(runs)
-    table = Table(title=f"demo finished in {time.perf_counter() - t0:.0f} s — everything is in {out}")
+    echo(f"demo finished in {time.perf_counter() - t0:.0f} s — everything is in {out}")  # one line, unwrapped
+    table = Table()
     table.add_column("run")
     table.add_column("result")
     for name, text in summary.items():
