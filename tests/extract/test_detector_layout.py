@@ -87,7 +87,7 @@ def test_channels_last_record_equals_nchw_record():
     assert int(a["num_boxes"]) == int(b["num_boxes"])
     for k in ("objects_id", "attrs_id"):
         np.testing.assert_array_equal(a[k], b[k])
-    # random weights amplify rounding: 1e-5 relative in res4 moves proposals by up to ~5e-3 px here (the
-    # parity test sees 9e-3 px between detectron2 and butd)
-    np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=0, atol=2e-2)
+    # random weights amplify rounding: 1e-5 relative in res4 moves proposals by ~5e-3 px on an AMD EPYC and
+    # 2.1e-2 px on an Intel Xeon (oneDNN picks different kernels per CPU); a layout bug moves them by whole pixels
+    np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=0, atol=0.1)
     np.testing.assert_allclose(a["features"], b["features"], rtol=1e-4, atol=1e-5 * float(np.abs(b["features"]).max()))
