@@ -177,6 +177,40 @@ def test_extract_disk_full_injected(photos, clean_store, tmp_path, monkeypatch):
     assert _records(out) == _records(clean_store)
 
 
+def test_extract_when_out_vanishes_mid_run(photos, clean_store, tmp_path, monkeypatch):
+    """Someone removes --out while the store is written (between two shards): one line, exit 1, no traceback,
+    and the same command rerun makes the whole store again."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from butd.cli import main
+    from butd.shards.writer import ShardWriter
+
+    real, calls = ShardWriter._commit_shard, {"n": 0}
+    out = tmp_path / "store"
+
+    def vanishing(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            shutil.rmtree(out)
+        return real(self)
+
+    monkeypatch.setattr(ShardWriter, "_commit_shard", vanishing)
+    args = ["extract", "--dataset", "folder", "--root", str(photos), "--extractor", "effnetlite0", "--image-size",
+            "64", "--out", str(out), "--shard-size", "4", "--batch-size", "2", "--workers", "1", "--threads", "1",
+            "--no-progress"]
+    r = CliRunner().invoke(main, args)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
+    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert str(out) in errors[0] and "rerun the same command" in errors[0], errors
+    monkeypatch.undo()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert verify_store(out, progress=False).ok and _records(out) == _records(clean_store)
+    _no_tmp(out)
+
+
 def _caption_world(tmp_path: Path, n_images: int = 16, **config: object) -> list[str]:
     """A toy world with its oracle store and a tiny caption config: the `butd train` arguments without --out."""
     from butd.datasets.toy import ToyConfig, make_toy_world
