@@ -13,7 +13,7 @@ per step (see bench/scale_lib/meter.py). The sizes take turns for ``--rounds`` r
 peaks the largest seen. Goals: every step grows linearly (<= 12x time per 10x data) and no
 step's peak anonymous memory (RSS without the store's file-backed pages) reaches 4 GiB at full size.
 
-  python bench/scale.py                       # 1%, 10%, 100%, 3 rounds (16-31 min on the shared 2 cores)
+  python bench/scale.py                       # 1%, 10%, 100%, 3 rounds (14 min on 2 idle cores)
   python bench/scale.py --fraction 0.01 --rounds 1 --steps store,vqa-answers --markdown out.md
 """
 

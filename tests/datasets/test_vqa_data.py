@@ -132,12 +132,13 @@ def _store(path: Path, ids: list[int], k: int = 3, dim: int = 8) -> FeatureStore
 
 def test_missing_images(tmp_path: Path) -> None:
     store = _store(tmp_path / "s", [1, 2])
-    exs = [VQAExample(i, img, "q") for i, img in enumerate([1, 2, 3, 3, 4])]
+    exs = [VQAExample(i, img, "q") for i, img in enumerate([4, 1, 2, 3, 3])]
     with pytest.raises(MissingImagesError, match="3 question.*2 image"):
         join_store(exs, store)
     kept, report = join_store(exs, store, skip_missing=True)
     assert [e.image_id for e in kept] == [1, 2]
     assert report["missing_questions"] == 3 and report["missing_images"] == 2
+    assert report["missing_image_examples"] == [3, 4]  # sorted, whatever the questions' order
 
 
 def test_dataset_items_are_padded_with_a_mask(tmp_path: Path) -> None:
