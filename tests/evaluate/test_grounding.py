@@ -13,12 +13,12 @@ from butd.evaluate.grounding import (
     cell_boxes,
     ground_caption,
     grounding_summary,
-    iou,
     load_box_file,
     mass_inside,
     record_boxes,
     top_regions,
 )
+from butd.shards.compare import pair_iou
 
 
 def _raster_mass(boxes, weights, region, w, h):
@@ -62,7 +62,7 @@ def test_grid_attention_is_the_papers_upsampled_map():
 
 
 def test_iou_and_top_regions():
-    assert iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]])).tolist() == [[1 / 3, 0.0]]
+    assert pair_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]])).tolist() == [[1 / 3, 0.0]]
     boxes = np.array([[0, 0, 1, 1], [1, 1, 2, 2], [2, 2, 3, 3]], float)
     top = top_regions(np.array([0.2, 0.5, 0.3]), boxes, ("red circle", "", "obj 3"), k=2)
     assert top == [{"region": 1, "box": [1.0, 1.0, 2.0, 2.0], "weight": 0.5},

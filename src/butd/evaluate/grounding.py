@@ -29,24 +29,13 @@ import numpy as np
 
 from butd.errors import UserError
 from butd.evaluate.chair import ChairWords
+from butd.shards.compare import pair_iou
 
-__all__ = ["IOU_THRESHOLD", "baseline_attention", "cell_boxes", "ground_caption", "grounding_summary", "iou",
+__all__ = ["IOU_THRESHOLD", "baseline_attention", "cell_boxes", "ground_caption", "grounding_summary",
            "load_box_file", "mass_inside", "record_boxes", "top_regions"]
 
 IOU_THRESHOLD = 0.5
 BOX_FORMAT = "butd-grounding-boxes"
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N, 4] and b [M, 4] (x1 y1 x2 y2, continuous areas) -> [N, M]."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _area_inside_union(box: np.ndarray, union: np.ndarray) -> float:
@@ -137,7 +126,7 @@ def ground_caption(words: Sequence[str], attention: np.ndarray, boxes: np.ndarra
             continue
         gt_arr = np.asarray(gt, np.float64).reshape(-1, 4)
         best = int(np.argmax(attention[t]))
-        out[t]["grounded"] = bool(iou(boxes[best:best + 1], gt_arr).max() >= IOU_THRESHOLD)
+        out[t]["grounded"] = bool(pair_iou(boxes[best:best + 1], gt_arr).max() >= IOU_THRESHOLD)
         out[t]["correctness"] = round(mass_inside(boxes, attention[t], gt_arr), 6)
     return out
 
